@@ -148,7 +148,12 @@ def parse(cls: type, data: Mapping[str, Any], *, source: str = "config", prefix:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ConfigError(f"{source}: required key '{key}' is missing ({f.metadata.get('doc', '')})")
             continue
-        value = _convert(hints[name], data[name], source, key)
+        raw = data[name]
+        if f.default_factory is not dataclasses.MISSING and isinstance(raw, Mapping):
+            default = f.default_factory()
+            if dataclasses.is_dataclass(default):  # a partial table overrides the default table's keys
+                raw = {**to_dict(default), **raw}
+        value = _convert(hints[name], raw, source, key)
         _check_bounds(f, value, source, key)
         kwargs[name] = value
     try:

@@ -1,0 +1,305 @@
+"""GrowthFlow: select data, pretrain small LMs, grow them into a large one, train it, predict its gap.
+
+    USER=me python flows/growth_flow.py run                          # config/default.toml
+    USER=me python flows/growth_flow.py --config config config/tiny.toml run --seed 1
+    USER=me python flows/growth_flow.py resume --origin-run-id <id>  # after a failed step
+
+Each step builds its stage's config, calls ``steps.<stage>.run``, keeps what it returns
+as artifacts and draws its card. The logic lives in ``steps/`` and ``libs/``.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from metaflow import (Config, FlowSpec, Parameter, card, config_expr, current, resources, retry,  # noqa: E402
+                      step)
+
+from config_source import parse_growth_config  # noqa: E402  (flows/ is on sys.path)
+from project_code import ship_project_code  # noqa: E402
+
+FAIL_ENV = "GROWTHFLOW_FAIL_AT_STEP"  # test-only switch: "<arm>:<step>" makes train_large crash there
+
+
+def _settings(flow):
+    """The run's validated config (seed and budget taken from the run's parameters)."""
+    from steps.config import load_config, to_dict
+    import dataclasses
+
+    cfg = load_config(dict(flow.config), source="config")
+    cfg = dataclasses.replace(cfg, seed=flow.seed,
+                              select=dataclasses.replace(cfg.select, budget=float(flow.budget)))
+    return load_config(to_dict(cfg), source="run parameters (--seed/--budget)")
+
+
+def _keep(flow, result, prefix="", exclude=()):
+    """Store every field of a stage result as an artifact named ``prefix + field``."""
+    import dataclasses
+
+    for f in dataclasses.fields(result):
+        if f.name not in exclude:
+            setattr(flow, prefix + f.name, getattr(result, f.name))
+
+
+@ship_project_code
+class GrowthFlow(FlowSpec):
+    """Train a large transformer for less compute: selection, small models, growth, large model, gap."""
+
+    config = Config("config", default="config/default.toml", parser=parse_growth_config)
+    seed = Parameter("seed", type=int, default=config_expr("config.seed"),
+                     help="seeds every stage; the same config and seed give the same selection and metrics")
+    budget = Parameter("budget", type=float, default=config_expr("config.select.budget"),
+                       help="selected fraction of the training documents (overrides select.budget)")
+
+    @card(type="blank")
+    @step
+    def start(self):
+        """Validate the configuration before any work starts."""
+        from libs.schema import to_dict
+        from steps.config import describe_run
+
+        self.settings = to_dict(_settings(self))
+        from flow_cards import render
+        render(describe_run(self.settings))
+        self.next(self.prepare)
+
+    @card(type="blank")
+    @step
+    def prepare(self):
+        """Corpus -> documents -> train/val split -> tokenizer -> token arrays."""
+        from steps import prepare
+        from flow_cards import render
+
+        cfg = _settings(self)
+        result = prepare.run(cfg.prepare, seed=cfg.seed)
+        _keep(self, result, exclude=("seconds",))
+        self.prepare_seconds = result.seconds
+        render(prepare.report(result))
+        self.next(self.embed)
+
+    @card(type="blank")
+    @resources(cpu=config_expr("config.resources.embed.cpu"), memory=config_expr("config.resources.embed.memory"))
+    @step
+    def embed(self):
+        """Embed the training documents."""
+        from steps import embed
+        from flow_cards import render
+
+        cfg = _settings(self)
+        result = embed.run(cfg.embed, self.train_texts, seed=cfg.seed)
+        self.embeddings = result.embeddings
+        self.embedder_name, self.embedder_version = result.embedder_name, result.embedder_version
+        self.embed_seconds = result.seconds
+        render(embed.report(result))
+        self.next(self.select)
+
+    @card(type="blank")
+    @resources(cpu=config_expr("config.resources.select.cpu"), memory=config_expr("config.resources.select.memory"))
+    @step
+    def select(self):
+        """k-means sensitivity sampling: a small weighted subset whose weighted loss tracks the corpus."""
+        from steps import select
+        from flow_cards import render
+
+        cfg = _settings(self)
+        result = select.run(cfg.select, embeddings=self.embeddings, train_tokens=self.train_tokens,
+                            train_lengths=self.train_lengths, val_tokens=self.val_tokens,
+                            val_lengths=self.val_lengths, train_sources=self.train_sources,
+                            vocab_size=self.vocab_size, seq_len=self.seq_len, seed=cfg.seed)
+        _keep(self, result, prefix="selection_")
+        render(select.report(result))
+        self.small_model_names = [m.name for m in cfg.pretrain_small.models]
+        self.next(self.pretrain_small, foreach="small_model_names")
+
+    @card(type="blank")
+    @card(type="blank", id="live", refresh_interval=5)
+    @resources(cpu=config_expr("config.resources.pretrain_small.cpu"),
+               memory=config_expr("config.resources.pretrain_small.memory"),
+               gpu=config_expr("config.resources.pretrain_small.gpu"))
+    @step
+    def pretrain_small(self):
+        """Pretrain one small LM on the selected data (one foreach branch per small model)."""
+        from steps import pretrain_small
+        from flow_cards import LiveLossCard, render
+
+        cfg = _settings(self)
+        index = self.small_model_names.index(self.input)
+        spec = cfg.pretrain_small.models[index]
+        indices, weights = pretrain_small.subset_for_model(cfg.pretrain_small, index, self.selection_indices,
+                                                           self.selection_weights, self.selection_assignment)
+        result = pretrain_small.run(cfg.pretrain_small, spec, train_tokens=self.train_tokens,
+                                    train_lengths=self.train_lengths, val_tokens=self.val_tokens,
+                                    val_lengths=self.val_lengths, indices=indices, weights=weights,
+                                    vocab_size=self.vocab_size, seq_len=self.seq_len, seed=cfg.seed + 1000 * index,
+                                    bos_token_id=self.bos_id, eos_token_id=self.eos_id,
+                                    on_eval=LiveLossCard(f"small model {spec.name}"))
+        self.small_result = result
+        render(pretrain_small.report(result))
+        self.next(self.join_small)
+
+    @card(type="blank")
+    @step
+    def join_small(self, inputs):
+        """Collect the small models, their curves and the gap-zoo rows of their checkpoints."""
+        from steps.join_small import run, report
+        from flow_cards import render
+
+        self.merge_artifacts(inputs, exclude=["small_result"])
+        result = run([inp.small_result for inp in inputs])
+        _keep(self, result)
+        render(report(result))
+        self.next(self.grow)
+
+    @card(type="blank")
+    @step
+    def grow(self):
+        """Fuse the small models into one wider model; measure function preservation."""
+        from steps import grow
+        from flow_cards import render
+
+        cfg = _settings(self)
+        result = grow.run(cfg.grow, small_models=self.small_models, check_tokens=self.val_tokens, seed=cfg.seed)
+        _keep(self, result, prefix="grow_", exclude=("model_files",))
+        self.grown_model = result.model_files
+        render(grow.report(result))
+        self.arms = list(cfg.train_large.arms)
+        self.next(self.train_large, foreach="arms")
+
+    @card(type="blank")
+    @card(type="blank", id="live", refresh_interval=5)
+    @retry(times=1, minutes_between_retries=0)
+    @resources(cpu=config_expr("config.resources.train_large.cpu"),
+               memory=config_expr("config.resources.train_large.memory"),
+               gpu=config_expr("config.resources.train_large.gpu"))
+    @step
+    def train_large(self):
+        """Train the large model from the grown init or from scratch (GPU when there is one)."""
+        from steps import train_large
+        from flow_cards import LiveLossCard, render
+
+        cfg = _settings(self)
+        arm = self.input
+        result = train_large.run(cfg.train_large, arm, grown_files=self.grown_model, train_tokens=self.train_tokens,
+                                 train_lengths=self.train_lengths, val_tokens=self.val_tokens,
+                                 val_lengths=self.val_lengths, indices=self.selection_indices,
+                                 weights=self.selection_weights, seq_len=self.seq_len, seed=cfg.seed,
+                                 checkpoint_dir=_checkpoint_dir(f"train_large/{arm}"),
+                                 on_eval=LiveLossCard(f"large model, {arm}"), on_step=_failure_injector(arm))
+        self.large_result = result
+        render(train_large.report(result))
+        self.next(self.join_large)
+
+    @card(type="blank")
+    @step
+    def join_large(self, inputs):
+        """Grown vs scratch: steps and FLOPs to reach the scratch model's final validation loss."""
+        from steps import join_large
+        from flow_cards import render
+
+        self.merge_artifacts(inputs, exclude=["large_result"])
+        results = {inp.large_result.arm: inp.large_result for inp in inputs}
+        self.large_models = {arm: r.model_files for arm, r in results.items()}
+        self.large_curves = {arm: r.curve for arm, r in results.items()}
+        self.large_tokens_per_s = {arm: r.tokens_per_s for arm, r in results.items()}
+        self.large_devices = {arm: r.device for arm, r in results.items()}
+        self.large_targets = {arm: {"features": r.gap_features, "gap": r.measured_gap} for arm, r in results.items()}
+        result = join_large.run(curves=self.large_curves,
+                                flops_per_step={arm: r.flops_per_step for arm, r in results.items()},
+                                small_pretrain_flops=self.small_flops_total)
+        _keep(self, result, prefix="large_", exclude=("curves",))
+        render(join_large.report(result))
+        self.next(self.predict_gap)
+
+    @card(type="blank")
+    @step
+    def predict_gap(self):
+        """Fit gap predictors on the zoo (this run's and earlier runs' checkpoints); predict the large models'."""
+        from steps import predict_gap
+        from flow_cards import render
+
+        cfg = _settings(self)
+        earlier = _earlier_zoo_rows(cfg.predict_gap.include_earlier_runs, cfg.predict_gap.max_earlier_runs)
+        rows = [dict(r, run_id=current.run_id) for r in self.gap_zoo_rows] + earlier
+        result = predict_gap.run(cfg.predict_gap, zoo_rows=rows, targets=self.large_targets, seed=cfg.seed)
+        _keep(self, result, prefix="gap_")
+        self.gap_n_earlier_rows = len(earlier)
+        render(predict_gap.report(result))
+        self.next(self.end)
+
+    @card(type="blank")
+    @step
+    def end(self):
+        """One paragraph: what this run measured."""
+        from steps.config import summarize_run
+        from flow_cards import render
+
+        self.summary = summarize_run(self)
+        render(self.summary["report"])
+        self.summary = {k: v for k, v in self.summary.items() if k != "report"}
+
+
+def _checkpoint_dir(name: str) -> str:
+    """Where a step's mid-training checkpoints live: keyed by run, found again by ``resume``.
+
+    A resumed run looks for its origin run's checkpoint and copies it into its own folder,
+    so training continues from the last checkpoint, and a resume of a resume works too.
+    ``GROWTHFLOW_CHECKPOINT_ROOT`` moves the folder (on remote compute: a shared volume).
+    """
+    import shutil
+    from metaflow.metaflow_config import DATASTORE_SYSROOT_LOCAL
+
+    root = os.environ.get("GROWTHFLOW_CHECKPOINT_ROOT") or os.path.join(
+        DATASTORE_SYSROOT_LOCAL or os.getcwd(), ".metaflow", "growthflow_checkpoints")
+    own = os.path.join(root, current.flow_name, current.run_id, name)
+    origin = current.origin_run_id
+    if origin and not os.path.exists(own):
+        previous = os.path.join(root, current.flow_name, origin, name)
+        if os.path.isdir(previous):
+            shutil.copytree(previous, own)
+            print(f"found the checkpoint of origin run {origin}: continuing from it", file=sys.stderr)
+    os.makedirs(own, exist_ok=True)
+    return own
+
+
+def _failure_injector(arm: str):
+    """Test-only: ``GROWTHFLOW_FAIL_AT_STEP=<arm>:<step>`` crashes that arm's training at that step."""
+    spec = os.environ.get(FAIL_ENV, "")
+    if not spec:
+        return None
+    fail_arm, fail_step = spec.split(":")
+
+    def crash(step: int) -> None:
+        if arm == fail_arm and step == int(fail_step):
+            raise RuntimeError(f"injected failure at step {step} of arm {arm} ({FAIL_ENV}={spec})")
+
+    return crash
+
+
+def _earlier_zoo_rows(include: bool, max_runs: int) -> list:
+    """Gap-zoo rows of earlier successful runs of this flow (Client API), tagged by run id."""
+    if not include or max_runs == 0:
+        return []
+    from metaflow import Flow
+    from metaflow.exception import MetaflowNotFound
+
+    rows = []
+    try:
+        runs = list(Flow(current.flow_name).runs())
+    except MetaflowNotFound:
+        return []
+    for run in runs:
+        if len({r["run_id"] for r in rows}) >= max_runs:
+            break
+        if run.id == current.run_id or not run.successful:
+            continue
+        try:
+            earlier = run["join_small"].task.data.gap_zoo_rows
+        except (KeyError, AttributeError, MetaflowNotFound):
+            continue
+        rows.extend(dict(r, run_id=run.id) for r in earlier)
+    return rows
+
+
+if __name__ == "__main__":
+    GrowthFlow()

@@ -1,0 +1,160 @@
+"""Stage 2: pretrain one small language model on the selected, weighted subset.
+
+The flow fans this stage out over the small-model specs (``foreach``). Each model
+trains with the one training loop on the selected rows, their importance weights
+as per-example loss weights, and records at every evaluation a row for the
+generalization-gap zoo: training-data features of the checkpoint and its measured
+gap (validation loss - training loss).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+
+from libs.models import ModelSpec, build_model, count_parameters, flops_per_token, model_to_files
+from libs.report import Figure, Markdown, Table
+from libs.schema import option
+from libs.training import TrainConfig, train_model
+
+__all__ = ["PretrainSmallConfig", "PretrainSmallResult", "run", "report", "subset_for_model"]
+
+
+def _default_small_models() -> tuple[ModelSpec, ...]:
+    return (ModelSpec(name="small_a", n_layer=2, n_embd=64, n_head=2, n_inner=256),
+            ModelSpec(name="small_b", n_layer=2, n_embd=64, n_head=2, n_inner=256))
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainSmallConfig:
+    """The small models and how they are pretrained."""
+
+    models: tuple[ModelSpec, ...] = option(doc="the small models, one foreach branch each (names must be unique)",
+                                           default_factory=_default_small_models)
+    train: TrainConfig = option(doc="training loop settings for every small model",
+                                default_factory=lambda: TrainConfig(steps=300, batch_size=16, lr=3e-3,
+                                                                    warmup_steps=30, eval_every=50))
+    data: str = option("shared", "'shared': every small model trains on the whole selected subset (different "
+                       "seeds); 'by_cluster': model i trains on the selected rows of clusters c with c % n == i",
+                       choices=("shared", "by_cluster"))
+    gap_feature_rows: int = option(64, "training rows used to compute each checkpoint's gap features", min=8)
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ValueError("models is empty; list at least one small model")
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"small model names must be unique, got {names}; rename the duplicates")
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainSmallResult:
+    name: str
+    spec: dict
+    model_files: dict[str, bytes]
+    curve: list[dict[str, float]]
+    final_val_loss: float
+    final_train_loss: float
+    tokens_per_s: float
+    n_params: int
+    flops: float
+    n_train_rows: int
+    gap_rows: list[dict]
+    device: str
+    seconds: float
+
+
+def subset_for_model(cfg: PretrainSmallConfig, model_index: int, indices: np.ndarray, weights: np.ndarray,
+                     assignment: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The selected rows (and weights) that small model ``model_index`` trains on."""
+    if cfg.data == "shared":
+        return indices, weights
+    n_models = len(cfg.models)
+    keep = (assignment[indices] % n_models) == model_index
+    if not keep.any():
+        raise ValueError(f"data='by_cluster' left small model {model_index} with no rows; "
+                         "use more clusters, a larger budget, or data='shared'")
+    return indices[keep], weights[keep]
+
+
+def run(cfg: PretrainSmallConfig, spec: ModelSpec, *, train_tokens: np.ndarray, train_lengths: np.ndarray,
+        val_tokens: np.ndarray, val_lengths: np.ndarray, indices: np.ndarray, weights: np.ndarray,
+        vocab_size: int, seq_len: int, seed: int, bos_token_id: int | None = None,
+        eos_token_id: int | None = None, on_eval: Callable | None = None,
+        checkpoint_dir: str | None = None, progress: bool = True) -> PretrainSmallResult:
+    """Train the small model ``spec`` on ``train_tokens[indices]`` weighted by ``weights``.
+
+    Parameters
+    ----------
+    train_tokens : int32 (n, seq_len + 1); train_lengths : int32 (n,)
+    indices : int (m,) selected training rows; weights : float (m,) their loss weights
+    on_eval : called as ``on_eval(step, model, record)`` after each evaluation (live cards)
+    """
+    from libs.gap_features import lm_features  # heavy-ish import kept local
+
+    if len(indices) != len(weights):
+        raise ValueError(f"indices ({len(indices)}) and weights ({len(weights)}) differ in length")
+    t0 = time.perf_counter()
+    model = build_model(spec, vocab_size=vocab_size, n_positions=seq_len + 1, seed=seed,
+                        bos_token_id=bos_token_id, eos_token_id=eos_token_id)
+    init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    tokens, lengths = train_tokens[indices], train_lengths[indices]
+    feature_rows = np.random.default_rng(seed).choice(len(tokens), min(cfg.gap_feature_rows, len(tokens)),
+                                                      replace=False)
+    gap_rows: list[dict] = []
+
+    def record_eval(step: int, m, record: dict) -> None:
+        if step > 0:
+            features = lm_features(m, tokens[feature_rows], lengths[feature_rows], init_state=init_state,
+                                   seed=seed)
+            gap_rows.append({"model": spec.name, "step": step, "features": features,
+                             "gap": record["val_loss"] - record["train_eval_loss"],
+                             "val_loss": record["val_loss"], "train_loss": record["train_eval_loss"]})
+        if on_eval is not None:
+            on_eval(step, m, record)
+
+    result = train_model(model, tokens, lengths, val_tokens, val_lengths, cfg.train, seed=seed,
+                         weights=weights, label=f"pretrain_small[{spec.name}]", on_eval=record_eval,
+                         checkpoint_dir=checkpoint_dir, progress=progress)
+    print(f"[pretrain_small[{spec.name}]] final val loss {result.final_val_loss:.4f}, "
+          f"{result.tokens_per_s:,.0f} tokens/s", file=sys.stderr, flush=True)
+    return PretrainSmallResult(
+        name=spec.name, spec=dataclasses.asdict(spec), model_files=model_to_files(model), curve=result.curve,
+        final_val_loss=result.final_val_loss, final_train_loss=result.final_train_loss,
+        tokens_per_s=result.tokens_per_s, n_params=count_parameters(model),
+        flops=flops_per_token(model, seq_len) * result.n_tokens, n_train_rows=len(indices),
+        gap_rows=gap_rows, device=result.device, seconds=time.perf_counter() - t0)
+
+
+def report(result: PretrainSmallResult) -> list:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = [r["step"] for r in result.curve]
+    ax.plot(steps, [r["val_loss"] for r in result.curve], marker="o", label="validation")
+    ax.plot(steps, [r["train_eval_loss"] for r in result.curve], marker=".", label="training (eval mode)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(f"{result.name}: loss curve")
+    ax.legend()
+    fig.tight_layout()
+    spec = result.spec
+    return [
+        Markdown(f"## Small model `{result.name}`\n\nFinal validation loss **{result.final_val_loss:.4f}** "
+                 f"(training {result.final_train_loss:.4f}), {result.n_params:,} parameters, "
+                 f"{result.tokens_per_s:,.0f} tokens/s on {result.device}, {result.flops:.3g} training FLOPs, "
+                 f"{result.n_train_rows} selected rows."),
+        Table(["family", "layers", "width", "heads", "MLP width"],
+              [[spec["family"], spec["n_layer"], spec["n_embd"], spec["n_head"], spec["n_inner"] or 4 * spec["n_embd"]]],
+              title="Shape"),
+        Figure(fig, title="Loss curve"),
+        Table(["step", "train loss", "val loss", "gap"],
+              [[r["step"], f"{r['train_loss']:.4f}", f"{r['val_loss']:.4f}", f"{r['gap']:.4f}"] for r in result.gap_rows],
+              title="Checkpoints recorded for the gap zoo"),
+    ]
