@@ -15,6 +15,7 @@ the full corpus loss. Weights are applied here, once: batches are drawn uniforml
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -173,9 +174,17 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 class _BatchSampler:
-    """Uniform epochs over the rows, seeded; its state goes into checkpoints."""
+    """Uniform epochs over the rows, seeded; its state goes into checkpoints.
 
-    def __init__(self, n: int, batch_size: int, seed: int):
+    Under data parallelism every rank draws the same global batch of
+    ``batch_size * world_size`` rows and keeps its own contiguous slice, so the
+    global batches (and the loss after N steps) match a single process that uses the
+    global batch size.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.rank, self.local = rank, batch_size
+        batch_size = batch_size * world_size
         self.n, self.batch_size = n, batch_size
         self.rng = np.random.default_rng(seed)
         self.order, self.pos = self.rng.permutation(n), 0
@@ -188,7 +197,7 @@ class _BatchSampler:
             take = min(self.batch_size - len(out), self.n - self.pos)
             out.extend(self.order[self.pos:self.pos + take])
             self.pos += take
-        return np.asarray(out)
+        return np.asarray(out)[self.rank * self.local:(self.rank + 1) * self.local]
 
     def state(self) -> dict[str, Any]:
         return {"rng": self.rng.bit_generator.state, "order": self.order, "pos": self.pos}
@@ -236,24 +245,40 @@ def train_model(model: torch.nn.Module, train_tokens: np.ndarray, train_lengths:
             raise ValueError(f"{label}: weights must be finite, non-negative and not all zero")
         w = w / w.mean()
 
+    dist = torch.distributed
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     device = resolve_device(cfg.device)
+    if device.type == "cuda" and distributed:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
     use_bf16 = cfg.bf16 and device.type == "cuda"
-    print(f"[{label}] training on {device}" + (" (bf16 autocast)" if use_bf16 else " (float32)")
+
+    def say(message: str) -> None:
+        if rank == 0:
+            print(f"[{label}] {message}", file=sys.stderr, flush=True)
+
+    say(f"training on {device}" + (" (bf16 autocast)" if use_bf16 else " (float32)")
           + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else
-             f", {torch.get_num_threads()} CPU threads"), file=sys.stderr, flush=True)
+             f", {torch.get_num_threads()} CPU threads")
+          + (f", data-parallel over {world} processes" if distributed else ""))
     model.to(device).train()
-    forward_model = torch.compile(model) if (cfg.compile and device.type == "cuda") else model
+    forward_model = model
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel
+        forward_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile and device.type == "cuda":
+        forward_model = torch.compile(forward_model)
     fused = device.type == "cuda"
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
                                   betas=(0.9, 0.95), fused=fused)
-    sampler = _BatchSampler(n, cfg.batch_size, seed)
+    sampler = _BatchSampler(n, cfg.batch_size, seed, rank, world)
     eval_rng = np.random.default_rng(seed + 1)
     n_eval = len(val_tokens) if cfg.eval_batches == 0 else min(len(val_tokens), cfg.eval_batches * cfg.batch_size)
     val_rows = np.sort(eval_rng.choice(len(val_tokens), n_eval, replace=False))
     train_rows = np.sort(eval_rng.choice(n, min(n, n_eval), replace=False))
 
     ckpt_path = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir else None
-    fingerprint = _fingerprint(cfg, model, n, seed, label)
+    fingerprint = _fingerprint(cfg, model, n, seed, f"{label}/world{world}")
     start_step, curve, n_tokens, resumed_from = 0, [], 0, 0
     if ckpt_path is not None and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
@@ -263,10 +288,9 @@ def train_model(model: torch.nn.Module, train_tokens: np.ndarray, train_lengths:
             sampler.load(state["sampler"])
             start_step, curve, n_tokens = state["step"], state["curve"], state["n_tokens"]
             resumed_from = start_step
-            print(f"[{label}] resumed from checkpoint {ckpt_path} at step {start_step}", file=sys.stderr, flush=True)
+            say(f"resumed from checkpoint {ckpt_path} at step {start_step}")
         else:
-            print(f"[{label}] ignoring checkpoint {ckpt_path}: it belongs to another configuration",
-                  file=sys.stderr, flush=True)
+            say(f"ignoring checkpoint {ckpt_path}: it belongs to another configuration")
 
     def evaluate(step: int, running: float) -> dict[str, float]:
         model.eval()
@@ -284,7 +308,7 @@ def train_model(model: torch.nn.Module, train_tokens: np.ndarray, train_lengths:
                   "train_eval_loss": train_eval,
                   "val_loss": float((val * vt).sum() / vt.sum()), "lr": lr_at_step(cfg, max(step - 1, 0))}
         curve.append(record)
-        if on_eval is not None:
+        if on_eval is not None and rank == 0:
             on_eval(step, model, record)
         return record
 
@@ -293,26 +317,33 @@ def train_model(model: torch.nn.Module, train_tokens: np.ndarray, train_lengths:
     if start_step == 0:
         evaluate(0, float("nan"))
     bar = None
-    if progress:
+    if progress and rank == 0:
         from tqdm.auto import tqdm
         bar = tqdm(total=cfg.steps, initial=start_step, desc=label, file=sys.stderr, mininterval=2.0)
     last_good = str(ckpt_path) if (ckpt_path is not None and ckpt_path.exists()) else "none (no checkpoint saved yet)"
     for step in range(start_step, cfg.steps):
         for group in optimizer.param_groups:
             group["lr"] = lr_at_step(cfg, step)
-        step_loss = 0.0
-        for _ in range(cfg.grad_accum):
+        step_loss, step_tokens = 0.0, 0
+        for micro in range(cfg.grad_accum):
             idx = sampler.next()
             batch = torch.as_tensor(train_tokens[idx], dtype=torch.long, device=device)
             lens = torch.as_tensor(train_lengths[idx], dtype=torch.long, device=device)
             bw = torch.as_tensor(w[idx], dtype=torch.float32, device=device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                losses = _row_losses(forward_model, batch, lens)
-            loss = (bw * losses).mean() / cfg.grad_accum
-            loss.backward()
+            sync = (not distributed) or micro == cfg.grad_accum - 1
+            with (contextlib.nullcontext() if sync else forward_model.no_sync()):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    losses = _row_losses(forward_model, batch, lens)
+                loss = (bw * losses).mean() / cfg.grad_accum
+                loss.backward()               # DDP averages the gradients over ranks
             step_loss += float(loss.detach())
-            n_tokens += int((lens - 1).sum())
-            tokens_this_run += int((lens - 1).sum())
+            step_tokens += int((lens - 1).sum())
+        if distributed:
+            totals = torch.tensor([step_loss / world, float(step_tokens)], dtype=torch.float64, device=device)
+            dist.all_reduce(totals)
+            step_loss, step_tokens = float(totals[0]), int(totals[1])
+        n_tokens += step_tokens
+        tokens_this_run += step_tokens
         if not math.isfinite(step_loss):
             raise NonFiniteLossError(
                 f"[{label}] the training loss became {step_loss} at step {step + 1}; last good checkpoint: "
@@ -331,9 +362,12 @@ def train_model(model: torch.nn.Module, train_tokens: np.ndarray, train_lengths:
         if done % cfg.eval_every == 0 or done == cfg.steps:
             evaluate(done, running)
         if ckpt_path is not None and cfg.checkpoint_every and (done % cfg.checkpoint_every == 0) and done < cfg.steps:
-            _save_checkpoint(ckpt_path, {"fingerprint": fingerprint, "step": done, "model": model.state_dict(),
-                                         "optimizer": optimizer.state_dict(), "sampler": sampler.state(),
-                                         "curve": curve, "n_tokens": n_tokens})
+            if rank == 0:                     # one writer; every rank holds the same state
+                _save_checkpoint(ckpt_path, {"fingerprint": fingerprint, "step": done, "model": model.state_dict(),
+                                             "optimizer": optimizer.state_dict(), "sampler": sampler.state(),
+                                             "curve": curve, "n_tokens": n_tokens})
+            if distributed:
+                dist.barrier()
             last_good = f"{ckpt_path} (step {done})"
         if on_step is not None:
             on_step(done)

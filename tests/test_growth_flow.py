@@ -1,0 +1,203 @@
+"""GrowthFlow end to end through Metaflow's Runner on config/tiny.toml, in a temporary datastore.
+
+One successful run is shared by the artifact checks; a second run crashes train_large
+part-way (a test-only switch) and is resumed; bad inputs fail with clear errors and leave
+the successful run's artifacts intact.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+ROOT = Path(__file__).resolve().parent.parent
+FLOW = str(ROOT / "flows" / "growth_flow.py")
+TINY = str(ROOT / "config" / "tiny.toml")
+
+pytestmark = pytest.mark.slow
+
+
+def _env(root: Path, **extra) -> dict:
+    return {"USER": "test", "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(root), "HF_HUB_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1", **extra}
+
+
+def _client(root: Path):
+    from metaflow import metadata, namespace
+    metadata(f"local@{root}")
+    namespace(None)
+
+
+@pytest.fixture(scope="module")
+def datastore(tmp_path_factory):
+    return tmp_path_factory.mktemp("metaflow")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(datastore):
+    from metaflow import Runner
+
+    with Runner(FLOW, show_output=False, env=_env(datastore), cwd=str(ROOT),
+                config=[("config", TINY)]).run() as running:
+        assert running.status == "successful", running.stderr[-5000:]
+        run_id = running.run.id
+    _client(datastore)
+    from metaflow import Run
+    return Run(f"GrowthFlow/{run_id}")
+
+
+def _data(run, step):
+    return run[step].task.data
+
+
+def test_every_step_ran_and_has_a_card(tiny_run):
+    from metaflow.cards import get_cards
+
+    steps = {s.id for s in tiny_run}
+    assert steps == {"start", "prepare", "embed", "select", "pretrain_small", "join_small", "grow", "train_large",
+                     "join_large", "predict_gap", "end"}
+    for s in tiny_run:
+        for task in s:
+            cards = get_cards(task)
+            assert len(cards) >= 1, f"{s.id} has no card"
+            assert len(cards[0].get()) > 1000
+
+
+def test_prepare_artifacts(tiny_run):
+    d = _data(tiny_run, "prepare")
+    assert d.train_tokens.dtype == np.int32 and d.train_tokens.shape[1] == d.seq_len + 1
+    assert len(d.train_tokens) == len(d.train_lengths) == len(d.train_texts) > 50
+    assert d.val_tokens.shape[1] == d.seq_len + 1 and len(d.val_tokens) > 5
+    assert d.vocab_size > 100 and '"model"' in d.tokenizer_json
+    assert set(d.source_counts["source"]) >= {"shakespeare", "kjv", "stdlib"}
+    docs = d.documents
+    assert set(docs[docs.split == "train"].doc_id).isdisjoint(set(docs[docs.split == "val"].doc_id))
+
+
+def test_select_artifacts(tiny_run):
+    d = _data(tiny_run, "select")
+    n = len(d.train_tokens)
+    assert d.embeddings.shape[0] == n and np.isfinite(d.embeddings).all()
+    idx, w = d.selection_indices, d.selection_weights
+    assert len(idx) == len(w) > 0 and len(np.unique(idx)) == len(idx)
+    assert idx.min() >= 0 and idx.max() < n and len(idx) < n
+    assert np.all(w > 0) and np.isfinite(w).all()
+    assert d.selection_probabilities.shape == (n,) and abs(d.selection_probabilities.sum() - 1) < 1e-6
+    assert d.selection_assignment.shape == (n,)
+
+
+def test_models_travel_in_hf_format_and_losses_are_finite(tiny_run, tmp_path):
+    small = _data(tiny_run, "join_small")
+    assert len(small.small_models) == 2
+    assert all(np.isfinite(v) for v in small.small_final_val_loss.values())
+    grow = _data(tiny_run, "grow")
+    for name, data in grow.grown_model.items():
+        (tmp_path / name).write_bytes(data)
+    grown = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert grown.config.n_embd == 2 * 32           # two 32-wide small models fused
+    assert grow.grow_preservation["max_abs_dlogit"] >= 0
+    large = _data(tiny_run, "join_large")
+    assert set(large.large_models) == {"grown", "scratch"}
+    for arm, curve in large.large_curves.items():
+        assert all(np.isfinite(r["val_loss"]) for r in curve)
+        assert curve[-1]["val_loss"] < curve[0]["val_loss"]
+    assert isinstance(large.large_saving, list) and large.large_saving
+
+
+def test_load_model_from_run(tiny_run):
+    from libs.models import load_model_from_run
+
+    model = load_model_from_run(tiny_run, "grown")
+    x = torch.randint(0, model.config.vocab_size, (1, 8))
+    assert torch.isfinite(model(x).logits).all()
+    with pytest.raises(KeyError, match="no large-model arm"):
+        load_model_from_run(tiny_run, "nope")
+
+
+def test_predict_gap_artifacts(tiny_run):
+    d = _data(tiny_run, "predict_gap")
+    assert set(d.gap_predictions) == {"grown", "scratch"}
+    for arm, row in d.gap_predictions.items():
+        assert np.isfinite(row["predicted"]) and np.isfinite(row["measured"])
+
+
+def test_same_seed_same_selection_and_metrics(tiny_run, datastore):
+    """A second run with the same config and seed selects the same rows and measures the same losses."""
+    from metaflow import Runner
+
+    with Runner(FLOW, show_output=False, env=_env(datastore), cwd=str(ROOT),
+                config=[("config", TINY)]).run() as running:
+        assert running.status == "successful", running.stderr[-3000:]
+        again = running.run
+    np.testing.assert_array_equal(_data(again, "select").selection_indices,
+                                  _data(tiny_run, "select").selection_indices)
+    assert _data(again, "join_large").large_final_val_loss == _data(tiny_run, "join_large").large_final_val_loss
+    # the second run's predict_gap saw the first run's zoo rows (versioned data across runs)
+    assert _data(again, "predict_gap").gap_n_earlier_rows > 0
+
+
+def test_resume_continues_train_large_from_its_checkpoint(tiny_run, tmp_path):
+    from metaflow import Run, Runner
+
+    env = _env(tmp_path, GROWTHFLOW_FAIL_AT_STEP="grown:12")
+    with Runner(FLOW, show_output=False, env=env, cwd=str(ROOT), config=[("config", TINY)]).run() as running:
+        assert running.status == "failed"
+        assert "injected failure at step 12" in running.stderr
+        origin_id = running.run.id
+    with Runner(FLOW, show_output=False, env=_env(tmp_path), cwd=str(ROOT)).resume(
+            origin_run_id=origin_id) as resumed:
+        assert resumed.status == "successful", resumed.stderr[-5000:]
+        resumed_id = resumed.run.id
+    _client(tmp_path)
+    origin, run = Run(f"GrowthFlow/{origin_id}"), Run(f"GrowthFlow/{resumed_id}")
+    for step in ("start", "prepare", "embed", "select", "join_small", "grow"):
+        assert run[step].task.origin_pathspec == origin[step].task.pathspec, f"{step} was not cloned"
+    large = {t.data.large_result.arm: t.data.large_result for t in run["train_large"]}
+    assert large["grown"].resumed_from_step == 10       # tiny.toml checkpoints every 10 steps
+    assert large["scratch"].resumed_from_step == 0
+    # the resumed run's results equal an uninterrupted run's
+    np.testing.assert_allclose(run["join_large"].task.data.large_final_val_loss["grown"],
+                               _data(tiny_run, "join_large").large_final_val_loss["grown"], rtol=1e-5)
+
+
+def _run_cli(args, datastore, **env):
+    full_env = {**os.environ, **_env(datastore), **env}
+    return subprocess.run([sys.executable, FLOW, *args], cwd=str(ROOT), env=full_env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_malformed_config_fails_before_any_step(tmp_path, datastore, tiny_run):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(Path(TINY).read_text().replace("[select]", "[select]\nn_clusterz = 3", 1))
+    out = _run_cli(["--config", "config", str(bad), "run"], datastore)
+    assert out.returncode != 0
+    assert f"{bad}: unknown key 'select.n_clusterz'" in out.stdout + out.stderr
+    not_toml = tmp_path / "broken.toml"
+    not_toml.write_text("seed = = 1\n")
+    out = _run_cli(["--config", "config", str(not_toml), "run"], datastore)
+    assert out.returncode != 0 and "not valid TOML" in out.stdout + out.stderr
+    # nothing finished was touched: the successful run is still the latest successful one, intact
+    _client(datastore)
+    from metaflow import Flow
+    assert Flow("GrowthFlow").latest_successful_run.successful
+    assert len(_data(tiny_run, "select").selection_indices) > 0
+
+
+@pytest.mark.parametrize("override, message", [
+    ('[prepare]\nsources = []\nfiles = ["/nonexistent/growthflow/*.txt"]', "matched no file"),
+    ('[prepare]\nsources = []\nfiles = ["{empty}"]', "empty"),
+])
+def test_bad_data_fails_in_prepare_with_a_clear_error(tmp_path, override, message):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    cfg = tmp_path / "cfg.toml"
+    text = Path(TINY).read_text()
+    cfg.write_text(text.replace("[prepare]", override.format(empty=empty), 1))
+    out = _run_cli(["--config", "config", str(cfg), "run"], tmp_path)
+    assert out.returncode != 0
+    assert message in (out.stdout + out.stderr)
