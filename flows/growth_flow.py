@@ -230,14 +230,19 @@ class GrowthFlow(FlowSpec):
     @card(type="blank")
     @step
     def end(self):
-        """One paragraph: what this run measured."""
-        from steps.config import summarize_run
+        """One table: what this run measured."""
+        from steps import end
         from flow_cards import render
 
-        self.summary = summarize_run(self)
-        render(self.summary["report"])
-        self.summary = {k: v for k, v in self.summary.items() if k != "report"}
-
+        cfg = _settings(self)
+        result = end.run(n_train_docs=len(self.train_tokens), n_selected=len(self.selection_indices),
+                         selection_method=cfg.select.method, grow_method=cfg.grow.method,
+                         preservation=self.grow_preservation, saving_summary=self.large_summary,
+                         large_final_val_loss=self.large_final_val_loss,
+                         large_tokens_per_s=self.large_tokens_per_s, gap_predictions=self.gap_predictions)
+        self.summary = result.figures
+        self.summary_text = result.text
+        render(end.report(result))
 
 def _checkpoint_dir(name: str) -> str:
     """Where a step's mid-training checkpoints live: keyed by run, found again by ``resume``.

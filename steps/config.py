@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from libs.schema import ConfigError, option, parse, to_dict
+from libs.schema import ConfigError, describe, option, parse, to_dict
 from steps.embed import EmbedConfig
 from steps.grow import GrowConfig
 from steps.predict_gap import GapConfig
@@ -100,3 +100,16 @@ def describe_run(settings: Mapping[str, Any]) -> list:
     return [Markdown(f"## GrowthFlow run, seed {settings['seed']}\n\nThe configuration was validated before any "
                      "work started; every key below is documented in the README's configuration table."),
             Table(["key", "value"], rows, title="Settings")]
+
+
+def config_reference_markdown() -> str:
+    """The README's configuration table, generated from the dataclasses' docs."""
+    lines = ["| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
+    for row in describe(GrowthConfig):
+        cells = [f"`{row['key']}`", row["type"], f"`{row['default']}`", row["allowed"], row["doc"]]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(config_reference_markdown())
