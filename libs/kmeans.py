@@ -49,7 +49,7 @@ def assign(x: np.ndarray, centers: np.ndarray, *, chunk: int = 65536) -> tuple[n
     return labels, dist
 
 
-def fit_kmeans(x: np.ndarray, k: int, *, spherical: bool = True, n_iter: int = 20,
+def fit_kmeans(x: np.ndarray, k: int, *, spherical: bool = True, n_iter: int = 20, n_init: int = 3,
                max_points_per_centroid: int = 0, random_state: int = 0) -> KMeansResult:
     """Lloyd's k-means (faiss) on all rows of ``x``.
 
@@ -58,6 +58,7 @@ def fit_kmeans(x: np.ndarray, k: int, *, spherical: bool = True, n_iter: int = 2
     x : float (n, d)
     k : number of clusters, 1 <= k <= n
     spherical : normalise the centers to unit norm after each iteration (for cosine geometry)
+    n_init : runs from different random initialisations; the lowest objective wins
     max_points_per_centroid : train on at most this many points per center (0 = all points;
         faiss's own default silently subsamples to 256 k)
     """
@@ -68,7 +69,7 @@ def fit_kmeans(x: np.ndarray, k: int, *, spherical: bool = True, n_iter: int = 2
     if not 1 <= k <= n:
         raise ValueError(f"n_clusters={k} must lie in [1, {n}] (the number of embedded documents)")
     cap = max_points_per_centroid or (n // k + 1)
-    km = faiss.Kmeans(d, k, niter=n_iter, spherical=spherical, seed=random_state, verbose=False,
+    km = faiss.Kmeans(d, k, niter=n_iter, nredo=n_init, spherical=spherical, seed=random_state, verbose=False,
                       max_points_per_centroid=cap, min_points_per_centroid=1)
     km.train(x)
     centers = km.centroids.copy()

@@ -43,6 +43,7 @@ class SelectConfig:
                                     min_exclusive=True)
     spherical: bool = option(True, "spherical k-means (unit-norm centers; cosine geometry)")
     kmeans_iters: int = option(20, "Lloyd iterations", min=1)
+    kmeans_n_init: int = option(3, "k-means restarts from different initialisations (the best is kept)", min=1)
     max_points_per_centroid: int = option(0, "train k-means on at most this many points per center (0 = all)",
                                           min=0)
     lambda_value: float = option(-1.0, "Λ of the proxy loss; < 0 estimates it from extra loss queries")
@@ -135,7 +136,7 @@ def run(cfg: SelectConfig, *, embeddings: np.ndarray, train_tokens: np.ndarray, 
     counting = CountingLoss(loss_fn)
     print(f"[select] k-means with k={k} on {n} x {embeddings.shape[1]}; budget {s} documents ({cfg.method})",
           file=sys.stderr, flush=True)
-    km = fit_kmeans(embeddings, k, spherical=cfg.spherical, n_iter=cfg.kmeans_iters,
+    km = fit_kmeans(embeddings, k, spherical=cfg.spherical, n_iter=cfg.kmeans_iters, n_init=cfg.kmeans_n_init,
                     max_points_per_centroid=cfg.max_points_per_centroid, random_state=seed)
     center_loss = np.zeros(k)
     lam = 0.0
