@@ -33,6 +33,14 @@ def _settings(flow):
     return load_config(to_dict(cfg), source="run parameters (--seed/--budget)")
 
 
+def _share_cpus(n_branches: int) -> None:
+    """Parallel foreach branches on one CPU machine: split the cores instead of oversubscribing them."""
+    import torch
+
+    if not torch.cuda.is_available():
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(n_branches, 1)))
+
+
 def _keep(flow, result, prefix="", exclude=()):
     """Store every field of a stage result as an artifact named ``prefix + field``."""
     import dataclasses
@@ -124,6 +132,7 @@ class GrowthFlow(FlowSpec):
         from flow_cards import LiveLossCard, render
 
         cfg = _settings(self)
+        _share_cpus(len(self.small_model_names))
         index = self.small_model_names.index(self.input)
         spec = cfg.pretrain_small.models[index]
         indices, weights = pretrain_small.subset_for_model(cfg.pretrain_small, index, self.selection_indices,
@@ -179,6 +188,7 @@ class GrowthFlow(FlowSpec):
         from flow_cards import LiveLossCard, render
 
         cfg = _settings(self)
+        _share_cpus(len(self.arms))
         arm = self.input
         result = train_large.run(cfg.train_large, arm, grown_files=self.grown_model, train_tokens=self.train_tokens,
                                  train_lengths=self.train_lengths, val_tokens=self.val_tokens,

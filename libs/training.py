@@ -308,6 +308,9 @@ def train_model(model: torch.nn.Module, train_tokens: np.ndarray, train_lengths:
                   "train_eval_loss": train_eval,
                   "val_loss": float((val * vt).sum() / vt.sum()), "lr": lr_at_step(cfg, max(step - 1, 0))}
         curve.append(record)
+        elapsed = time.perf_counter() - t0
+        say(f"step {step}/{cfg.steps}: val loss {record['val_loss']:.4f}, train loss {train_eval:.4f}, "
+            f"{tokens_this_run / max(elapsed, 1e-9):,.0f} tokens/s")
         if on_eval is not None and rank == 0:
             on_eval(step, model, record)
         return record

@@ -1,0 +1,107 @@
+"""The stages run without a flow around them (as from a notebook), on tiny real inputs."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from libs.models import ModelSpec, build_model, model_from_files, model_to_files
+from libs.training import TrainConfig
+from steps import embed, grow, join_large, prepare, select
+
+TINY_PREPARE = prepare.PrepareConfig(max_docs_per_source=40, chunk_chars=300, vocab_size=400, seq_len=32)
+
+
+@pytest.fixture(scope="module")
+def prepared():
+    return prepare.run(TINY_PREPARE, seed=0)
+
+
+def test_prepare_produces_the_token_contract(prepared):
+    r = prepared
+    assert r.train_tokens.shape == (len(r.train_texts), 33) and r.val_tokens.shape[1] == 33
+    assert len(r.train_sources) == len(r.train_tokens)
+    assert set(r.source_counts.source) == {"shakespeare", "kjv", "stdlib"}
+    assert int(r.source_counts.n_docs.sum()) == len(r.documents)
+    assert (r.train_tokens[:, 0] == r.bos_id).all()
+    again = prepare.run(TINY_PREPARE, seed=0)
+    np.testing.assert_array_equal(again.train_tokens, r.train_tokens)
+    assert len(prepare.report(r)) == 3
+
+
+def test_prepare_config_errors():
+    with pytest.raises(ValueError, match="no corpus"):
+        prepare.PrepareConfig(sources=(), files=())
+    with pytest.raises(ValueError, match="min_chunk_chars"):
+        prepare.PrepareConfig(chunk_chars=50, min_chunk_chars=60)
+
+
+@pytest.fixture(scope="module")
+def selected(prepared):
+    r = prepared
+    e = embed.run(embed.EmbedConfig(method="tfidf", tfidf_dim=8), r.train_texts, seed=0)
+    cfg = select.SelectConfig(budget=0.4, n_clusters=4, diagnostic_seeds=3,
+                              reference_model=ModelSpec(n_layer=1, n_embd=16, n_head=2),
+                              reference_train=TrainConfig(steps=4, batch_size=4, warmup_steps=1, eval_every=4,
+                                                          eval_batches=1))
+    args = dict(embeddings=e.embeddings, train_tokens=r.train_tokens, train_lengths=r.train_lengths,
+                val_tokens=r.val_tokens, val_lengths=r.val_lengths, train_sources=r.train_sources,
+                vocab_size=r.vocab_size, seq_len=r.seq_len, seed=0, progress=False)
+    return cfg, args, select.run(cfg, **args)
+
+
+def test_select_returns_weighted_unique_rows(selected):
+    cfg, args, s = selected
+    n = len(args["train_tokens"])
+    assert s.budget_docs == round(0.4 * n) and len(s.indices) <= s.budget_docs
+    assert len(np.unique(s.indices)) == len(s.indices)
+    assert s.weights.mean() == pytest.approx(1.0)
+    assert s.n_loss_queries >= 4                                   # the centers at least
+    np.testing.assert_allclose(s.probabilities[s.indices] * s.raw_weights * s.budget_docs,
+                               np.round(s.probabilities[s.indices] * s.raw_weights * s.budget_docs))  # w = m/(s p)
+    d = s.diagnostics
+    assert np.isfinite(d["true_mean_loss"]) and np.isfinite(d["uniform_median_relative_error"])
+    again = select.run(cfg, **args)
+    np.testing.assert_array_equal(again.indices, s.indices)        # same seed, same selection
+
+
+@pytest.mark.parametrize("method", ["uniform", "stratified", "kcenter", "sensitivity_distance"])
+def test_select_methods_share_the_api(selected, method):
+    cfg, args, _ = selected
+    s = select.run(dataclasses.replace(cfg, method=method), **args)
+    assert len(s.indices) > 0 and np.isfinite(s.weights).all()
+
+
+def test_select_budget_larger_than_data(selected):
+    cfg, args, _ = selected
+    n = len(args["train_tokens"])
+    with pytest.raises(ValueError, match=f"budget_docs={n + 1} is larger than the {n} training documents"):
+        select.run(dataclasses.replace(cfg, budget_docs=n + 1), **args)
+    with pytest.raises(ValueError, match="embeddings has 3 rows"):
+        select.run(cfg, **{**args, "embeddings": args["embeddings"][:3]})
+
+
+def test_grow_step_fuses_and_reports(prepared):
+    r = prepared
+    smalls = {name: model_to_files(build_model(ModelSpec(n_layer=1, n_embd=16, n_head=2), vocab_size=r.vocab_size,
+                                               n_positions=r.seq_len + 1, seed=i))
+              for i, name in enumerate(["a", "b"])}
+    result = grow.run(grow.GrowConfig(method="fuse"), small_models=smalls, check_tokens=r.val_tokens, seed=0)
+    assert result.shape_after["n_embd"] == 32 and not result.preservation["exact_expected"]
+    assert model_from_files(result.model_files).config.n_embd == 32
+    same = grow.run(grow.GrowConfig(method="self_fuse"), small_models=smalls, check_tokens=r.val_tokens, seed=0)
+    assert same.preservation["max_abs_dlogit"] <= 1e-5
+    with pytest.raises(ValueError, match="at least two small models"):
+        grow.run(grow.GrowConfig(method="fuse"), small_models={"a": smalls["a"]}, check_tokens=r.val_tokens, seed=0)
+
+
+def test_join_large_saving_table():
+    scratch = [{"step": s, "val_loss": 5 - s / 100} for s in range(0, 101, 20)]     # final 4.0 at step 100
+    grown = [{"step": s, "val_loss": 4.5 - s / 50} for s in range(0, 101, 20)]      # reaches 4.0 at step 25
+    result = join_large.run(curves={"grown": grown, "scratch": scratch},
+                            flops_per_step={"grown": 10.0, "scratch": 10.0}, small_pretrain_flops=500.0)
+    row = {r["arm"]: r for r in result.saving}["grown"]
+    assert row["steps_to_target"] == pytest.approx(25.0)
+    assert row["step_ratio"] == pytest.approx(0.25)
+    assert row["flops_ratio_after_growth"] == pytest.approx(0.25)
+    assert row["flops_ratio_total"] == pytest.approx((250 + 500) / 1000)
+    assert "0.25x the steps" in result.summary
