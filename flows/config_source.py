@@ -27,9 +27,14 @@ def parse_growth_config(text: str) -> dict:
     from libs.schema import ConfigError, to_dict
     from steps.config import load_config
 
+    from metaflow.exception import MetaflowException
+
     source = config_source_name()
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
-    return to_dict(load_config(data, source=source))
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+        return to_dict(load_config(data, source=source))
+    except ConfigError as exc:  # shown to the user as one clear line, without a traceback
+        raise MetaflowException(f"Invalid configuration: {exc}") from exc

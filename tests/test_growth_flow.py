@@ -23,8 +23,9 @@ pytestmark = pytest.mark.slow
 
 
 def _env(root: Path, **extra) -> dict:
+    # cards have their own local root (Metaflow does not derive it from the datastore's)
     return {"USER": "test", "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(root), "HF_HUB_OFFLINE": "1",
-            "PYTHONUNBUFFERED": "1", **extra}
+            "METAFLOW_CARD_LOCALROOT": str(root / ".metaflow" / "mf.cards"), "PYTHONUNBUFFERED": "1", **extra}
 
 
 def _client(root: Path):
@@ -55,8 +56,11 @@ def _data(run, step):
     return run[step].task.data
 
 
-def test_every_step_ran_and_has_a_card(tiny_run):
+def test_every_step_ran_and_has_a_card(tiny_run, datastore, monkeypatch):
     from metaflow.cards import get_cards
+    from metaflow.plugins.cards import card_datastore
+
+    monkeypatch.setattr(card_datastore, "CARD_LOCALROOT", str(datastore / ".metaflow" / "mf.cards"))
 
     steps = {s.id for s in tiny_run}
     assert steps == {"start", "prepare", "embed", "select", "pretrain_small", "join_small", "grow", "train_large",
@@ -147,7 +151,7 @@ def test_resume_continues_train_large_from_its_checkpoint(tiny_run, tmp_path):
     env = _env(tmp_path, GROWTHFLOW_FAIL_AT_STEP="grown:12")
     with Runner(FLOW, show_output=False, env=env, cwd=str(ROOT), config=[("config", TINY)]).run() as running:
         assert running.status == "failed"
-        assert "injected failure at step 12" in running.stderr
+        assert "injected failure at step 12" in running.stdout + running.stderr
         origin_id = running.run.id
     with Runner(FLOW, show_output=False, env=_env(tmp_path), cwd=str(ROOT)).resume(
             origin_run_id=origin_id) as resumed:
@@ -189,15 +193,15 @@ def test_malformed_config_fails_before_any_step(tmp_path, datastore, tiny_run):
 
 
 @pytest.mark.parametrize("override, message", [
-    ('[prepare]\nsources = []\nfiles = ["/nonexistent/growthflow/*.txt"]', "matched no file"),
-    ('[prepare]\nsources = []\nfiles = ["{empty}"]', "empty"),
+    ('sources = []\nfiles = ["/nonexistent/growthflow/*.txt"]', "matched no file"),
+    ('sources = []\nfiles = ["{empty}"]', "empty"),
 ])
 def test_bad_data_fails_in_prepare_with_a_clear_error(tmp_path, override, message):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     cfg = tmp_path / "cfg.toml"
     text = Path(TINY).read_text()
-    cfg.write_text(text.replace("[prepare]", override.format(empty=empty), 1))
+    cfg.write_text(text.replace('sources = ["shakespeare", "kjv", "stdlib"]', override.format(empty=empty), 1))
     out = _run_cli(["--config", "config", str(cfg), "run"], tmp_path)
     assert out.returncode != 0
     assert message in (out.stdout + out.stderr)
