@@ -1,4 +1,8 @@
-"""Stage 1: embed the training documents (the space k-means clusters in)."""
+"""Stage: embed the training documents (the space the select stage clusters in).
+
+``run(cfg, texts, seed=...)`` returns float32 ``(n, d)`` unit rows in the order of ``texts``
+(row i embeds training document i), the embedder's name and version, and its speed.
+"""
 
 from __future__ import annotations
 
@@ -9,32 +13,45 @@ import time
 import numpy as np
 
 from libs.embedders import MiniLMEmbedder, SentenceTransformerEmbedder, TfidfSvdEmbedder
-from libs.report import Figure, Markdown
-
-__all__ = ["EmbedConfig", "EmbedResult", "run", "report"]
-
+from libs.report import Figure, Markdown, Table
 from libs.schema import option
+
+__all__ = ["METHODS", "EmbedConfig", "EmbedResult", "make_embedder", "run", "report"]
+
+METHODS = ("minilm", "tfidf", "sentence-transformers")
 
 
 @dataclasses.dataclass(frozen=True)
 class EmbedConfig:
     """Which embedder, and its settings."""
 
-    method: str = option("minilm", "'minilm' (all-MiniLM-L6-v2, shipped in a package), 'tfidf' (TF-IDF + "
+    method: str = option("minilm", "'minilm' (all-MiniLM-L6-v2 shipped in a package, offline), 'tfidf' (TF-IDF + "
                          "truncated SVD, fast), 'sentence-transformers' (model_name: a local folder, or a hub "
-                         "name with a network)", choices=("minilm", "tfidf", "sentence-transformers"))
-    model_name: str = option("", "for method 'sentence-transformers': a model folder or hub name")
-    max_seq_length: int = option(64, "transformer embedders truncate documents to this many tokens", min=8)
-    batch_size: int = option(64, "texts per embedding batch", min=1)
+                         "name where there is a network)", choices=METHODS)
+    model_name: str = option("", "for method 'sentence-transformers': a local model folder or a hub model name")
+    max_seq_length: int = option(128, "transformer embedders truncate each document to this many tokens (the "
+                                 "main lever on CPU time: 64 is about twice as fast as 128)", min=8)
+    batch_size: int = option(64, "documents per embedding batch (batches are sorted by length)", min=1)
+    device: str = option("cpu", "where transformer embedders run: 'cpu', 'cuda' or 'auto'",
+                         choices=("cpu", "cuda", "auto"))
     tfidf_dim: int = option(64, "dimensions of the TF-IDF + SVD embedding", min=2)
+    tfidf_max_features: int = option(50000, "vocabulary cap of the TF-IDF embedder", min=16)
+    max_docs: int = option(20000, "refuse to embed more documents than this with a transformer embedder "
+                           "(about 7 minutes on 2 CPU cores at 128 tokens); 0 = no limit", min=0)
 
     def __post_init__(self) -> None:
         if self.method == "sentence-transformers" and not self.model_name:
-            raise ValueError("method='sentence-transformers' needs model_name (a local folder or a hub name)")
+            raise ValueError("method='sentence-transformers' needs model_name (a local model folder or a hub name); "
+                             "or use method='minilm'")
+        if self.method != "sentence-transformers" and self.model_name:
+            raise ValueError(f"model_name={self.model_name!r} is only used with method='sentence-transformers' "
+                             f"(method is {self.method!r}); remove it or change the method")
 
 
 @dataclasses.dataclass(frozen=True)
 class EmbedResult:
+    """embeddings float32 (n, d) unit rows in the input order; which embedder; how fast."""
+
     embeddings: np.ndarray
     embedder_name: str
     embedder_version: str
@@ -42,44 +59,79 @@ class EmbedResult:
     texts_per_s: float
 
 
-def make_embedder(cfg: EmbedConfig, seed: int, progress: bool = True):
-    """The embedder the config names."""
+def make_embedder(cfg: EmbedConfig, *, seed: int, progress: bool = True):
+    """The embedder ``cfg`` names (an object with ``name``, ``version``, ``embed(texts)``)."""
     if cfg.method == "tfidf":
-        return TfidfSvdEmbedder(dim=cfg.tfidf_dim, random_state=seed)
-    kwargs = dict(max_seq_length=cfg.max_seq_length, batch_size=cfg.batch_size, progress=progress)
+        return TfidfSvdEmbedder(dim=cfg.tfidf_dim, max_features=cfg.tfidf_max_features, random_state=seed)
+    kwargs = dict(max_seq_length=cfg.max_seq_length, batch_size=cfg.batch_size, device=cfg.device,
+                  progress=progress)
     if cfg.method == "minilm":
         return MiniLMEmbedder(**kwargs)
     return SentenceTransformerEmbedder(cfg.model_name, **kwargs)
 
 
-def run(cfg: EmbedConfig, texts: list[str], *, seed: int, progress: bool = True) -> EmbedResult:
-    """Embed ``texts`` -> float32 (n, d) unit rows, in the input order."""
-    embedder = make_embedder(cfg, seed, progress)
+def run(cfg: EmbedConfig, texts, *, seed: int, progress: bool = True) -> EmbedResult:
+    """Embed ``texts`` (the training documents, in row order).
+
+    Parameters
+    ----------
+    cfg : EmbedConfig
+    texts : sequence of n strings
+    seed : seeds the TF-IDF embedder's SVD (transformer embedders are deterministic)
+
+    Returns
+    -------
+    EmbedResult with ``embeddings`` float32 (n, d)
+    """
+    texts = list(texts)
+    if not texts:
+        raise ValueError("no documents to embed: the training split is empty (check the prepare settings)")
+    if cfg.method != "tfidf" and cfg.max_docs and len(texts) > cfg.max_docs:
+        raise ValueError(f"{len(texts)} documents exceed embed.max_docs={cfg.max_docs} for the {cfg.method} embedder "
+                         "(CPU time grows with it); raise embed.max_docs (0 = no limit), lower "
+                         "prepare.max_docs_per_source, or use embed.method='tfidf'")
+    embedder = make_embedder(cfg, seed=seed, progress=progress)
     print(f"[embed] {len(texts)} documents with {embedder.name}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    embeddings = embedder.embed(list(texts))
+    embeddings = embedder.embed(texts)
     seconds = time.perf_counter() - t0
-    if not np.isfinite(embeddings).all():
-        raise ValueError(f"the {embedder.name} embedder returned NaN or infinite values; check the input texts")
-    return EmbedResult(embeddings=embeddings, embedder_name=embedder.name, embedder_version=embedder.version,
-                       seconds=seconds, texts_per_s=len(texts) / max(seconds, 1e-9))
+    if embeddings.shape[0] != len(texts) or not np.isfinite(embeddings).all():
+        raise ValueError(f"the {embedder.name} embedder returned {embeddings.shape} with non-finite values or the "
+                         f"wrong row count for {len(texts)} texts")
+    return EmbedResult(embeddings=np.ascontiguousarray(embeddings, dtype=np.float32), embedder_name=embedder.name,
+                       embedder_version=embedder.version, seconds=seconds,
+                       texts_per_s=len(texts) / max(seconds, 1e-9))
 
 
 def report(result: EmbedResult) -> list:
+    """The embed card: what embedded how many documents how fast, and a 2-D view of the space."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    x = result.embeddings - result.embeddings.mean(0)
-    _, _, vt = np.linalg.svd(x[:2000], full_matrices=False)
-    xy = x @ vt[:2].T
-    fig, ax = plt.subplots(figsize=(5, 4))
-    ax.scatter(xy[:, 0], xy[:, 1], s=3, alpha=0.5)
-    ax.set_title("Documents, first two principal components")
-    ax.set_xlabel("PC 1")
-    ax.set_ylabel("PC 2")
+    x = result.embeddings.astype(np.float64)
+    n, d = x.shape
+    rows = np.random.default_rng(0).choice(n, min(n, 3000), replace=False)
+    centered = x[rows] - x[rows].mean(0)
+    _, singular, vt = np.linalg.svd(centered, full_matrices=False)
+    xy = centered @ vt[:2].T
+    explained = singular ** 2 / max((singular ** 2).sum(), 1e-300)
+    cosine = np.clip((x[rows[:500]] @ x[rows[:500]].T)[np.triu_indices(min(len(rows), 500), 1)], -1, 1)
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    axes[0].scatter(xy[:, 0], xy[:, 1], s=3, alpha=0.5)
+    axes[0].set_title("Documents on the first two principal components")
+    axes[0].set_xlabel(f"PC 1 ({explained[0]:.0%} of variance)")
+    axes[0].set_ylabel(f"PC 2 ({explained[1] if len(explained) > 1 else 0:.0%})")
+    axes[1].hist(cosine, bins=40)
+    axes[1].set_title("Cosine similarity between document pairs")
+    axes[1].set_xlabel("cosine similarity")
+    axes[1].set_ylabel("pairs (500-document sample)")
     fig.tight_layout()
-    n, d = result.embeddings.shape
-    return [Markdown(f"## Embeddings\n\n{n} documents x {d} dimensions with **{result.embedder_name}** "
-                     f"({result.embedder_version}) in {result.seconds:.1f} s ({result.texts_per_s:.0f} texts/s)."),
+    return [Markdown(f"## Embeddings\n\n**{n} documents x {d} dimensions** with {result.embedder_name} in "
+                     f"{result.seconds:.1f} s ({result.texts_per_s:.0f} documents/s).\n\n"
+                     f"Version: {result.embedder_version}."),
+            Table(["documents", "dimensions", "seconds", "documents/s", "median pairwise cosine"],
+                  [[n, d, round(result.seconds, 2), round(result.texts_per_s, 1), round(float(np.median(cosine)), 3)]],
+                  title="Embedding run"),
             Figure(fig, title="Embedding space")]

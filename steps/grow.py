@@ -81,7 +81,7 @@ def report(result: GrowResult) -> list:
     rows.append(["grown"] + [result.shape_after[k] for k in keys])
     return [
         Markdown(f"## Grown with `{result.method}` from {', '.join(result.components)}\n\n"
-                 f"Function preservation against {p['reference']} on {p['n_tokens']} tokens, float64: "
+                 f"Function preservation against {p['reference']} on {p.get('n_positions', p.get('n_tokens'))} positions, float64: "
                  f"**max |Δlogit| = {p['max_abs_dlogit']:.3e}**, mean {p['mean_abs_dlogit']:.3e}, relative deviation "
                  f"{p['relative_deviation']:.3e}: {verdict}. {result.n_params:,} parameters."),
         Table(["model"] + keys, rows, title="Shapes before and after"),

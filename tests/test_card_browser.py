@@ -25,6 +25,10 @@ from pathlib import Path
 
 import pytest
 
+# Before metaflow: Runner parses the config in this process (steps.config pulls in torch and transformers), and
+# importing those after metaflow's vendored typing_extensions fails under pytest (Netflix/metaflow#2462).
+import steps.config  # noqa: F401,E402
+
 ROOT = Path(__file__).resolve().parent.parent
 FLOW = ROOT / "flows" / "growth_flow.py"
 TINY = ROOT / "config" / "tiny.toml"
@@ -44,8 +48,10 @@ if not os.path.exists(CHROMIUM):
 
 
 def _env(root: Path) -> dict:
+    # cards have their own local root (Metaflow does not derive it from the datastore's): the run and
+    # the card server both use this one
     return {"USER": "test", "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(root), "HF_HUB_OFFLINE": "1",
-            "PYTHONUNBUFFERED": "1"}
+            "METAFLOW_CARD_LOCALROOT": str(root / ".metaflow" / "mf.cards"), "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +63,12 @@ def datastore(tmp_path_factory):
 def finished_run(datastore):
     from metaflow import Run, Runner, metadata, namespace
 
+    namespace(None)                  # the Client in this process needs no user name of its own
     with Runner(str(FLOW), show_output=False, env=_env(datastore), cwd=str(ROOT),
                 config=[("config", str(TINY))]).run() as running:
-        assert running.status == "successful", running.stderr[-5000:]
+        assert running.status == "successful", (running.stdout + running.stderr)[-5000:]
         run_id = running.run.id
     metadata(f"local@{datastore}")
-    namespace(None)
     return Run(f"GrowthFlow/{run_id}")
 
 
@@ -147,7 +153,7 @@ def _key_figures(task) -> list[str]:
         n, dim = d.embeddings.shape
         return [f"{n} documents x {dim} dimensions"]
     if step == "select":
-        return [f"Selected {len(d.selection_indices)} of {len(d.train_tokens)} documents", "Estimate check"]
+        return [f"Selected {len(d.selection_indices)} of {len(d.train_tokens)}", "Estimate check"]
     if step == "pretrain_small":
         r = d.small_result
         return [f"Small model {r.name}", f"Final validation loss {r.final_val_loss:.4f}"]

@@ -2,113 +2,223 @@ import numpy as np
 import pytest
 
 from libs.kmeans import fit_kmeans
-from libs.sampling import (CountingLoss, collapse, estimate_lambda, kcenter_sample, sensitivity_sample,
-                           stratified_sample, uniform_sample)
+from libs.sampling import (CountingLoss, Sample, estimate_lambda, holder_ratios, kcenter_sample, merge_shard_stats,
+                           sensitivity_sample, sensitivity_sampling, sensitivity_sampling_sharded, shard_stats,
+                           shard_totals, stratified_sample, uniform_sample, with_replacement_std)
 
-
-def _clustered(n=600, k=6, d=8, seed=0):
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(size=(k, d)) * 10
-    labels = rng.integers(0, k, n)
-    x = (centers[labels] + rng.normal(size=(n, d))).astype(np.float32)
-    losses = 1.0 + labels * 0.5 + 0.3 * ((x - centers[labels]) ** 2).sum(1) / d
-    return x, losses
+N_SEEDS = 1500
 
 
 @pytest.fixture(scope="module")
-def setup():
-    x, losses = _clustered()
-    km = fit_kmeans(x, 6, spherical=False, random_state=0)
-    return x, losses, km
+def data():
+    """600 rows in 6 clusters; the loss grows with the cluster id and the distance to the center."""
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(6, 8)) * 10
+    labels = rng.integers(0, 6, 600)
+    x = (centers[labels] + rng.normal(size=(600, 8))).astype(np.float32)
+    km = fit_kmeans(x, 6, spherical=False, n_init=3, random_state=0)
+    losses = 1.0 + 0.5 * km.assignment + 0.05 * km.sq_distance + 0.1 * rng.random(600)
+    return x, km, losses
 
 
-def test_kmeans_assignment_and_nearest_points(setup):
-    x, _, km = setup
-    assert km.sizes.sum() == len(x) and (km.sizes > 0).all()
-    d = ((x[:, None, :] - km.centers[None]) ** 2).sum(-1)
-    np.testing.assert_array_equal(km.assignment, d.argmin(1))
-    for c, i in enumerate(km.center_indices):
-        members = np.flatnonzero(km.assignment == c)
-        assert i in members and d[i, c] == pytest.approx(d[members, c].min(), rel=1e-5)
+def _lookup(losses):
+    return lambda rows: losses[rows]
 
 
-def test_sensitivity_sampling_is_unbiased(setup):
-    _, losses, km = setup
-    center_loss = losses[km.center_indices]
-    estimates = [sensitivity_sample(km.assignment, km.sq_distance, center_loss, 0.3, 60, random_state=s)
-                 .estimate(losses) for s in range(2000)]
-    mean, se = np.mean(estimates), np.std(estimates) / np.sqrt(len(estimates))
-    assert abs(mean - losses.sum()) < 4 * se
+def _assert_unbiased(estimates, truth):
+    estimates = np.asarray(estimates)
+    se = estimates.std() / np.sqrt(len(estimates))
+    assert abs(estimates.mean() - truth) < 4 * se, (estimates.mean(), truth, se)
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(lambda_=0.3), dict(include_queried=False),
+                                    dict(distance_only=True), dict(distance_only=True, include_queried=False)],
+                         ids=["estimated-lambda", "given-lambda", "literal-algorithm-1", "distance-only",
+                              "distance-only-literal"])
+def test_sensitivity_sampling_is_unbiased(data, kwargs):
+    _, km, losses = data
+    estimates = [sensitivity_sampling(km.assignment, km.sq_distance, _lookup(losses), 40, random_state=s, **kwargs)
+                 .sample.estimate(losses) for s in range(N_SEEDS)]
+    _assert_unbiased(estimates, losses.sum())
 
 
 @pytest.mark.parametrize("draw", [
-    lambda km, n, s: uniform_sample(n, 60, random_state=s),
-    lambda km, n, s: stratified_sample(km.assignment, 60, random_state=s),
-])
-def test_baselines_are_unbiased(setup, draw):
-    _, losses, km = setup
-    estimates = [draw(km, len(losses), s).estimate(losses) for s in range(2000)]
-    assert abs(np.mean(estimates) - losses.sum()) < 4 * np.std(estimates) / np.sqrt(2000)
+    lambda km, s: uniform_sample(600, 40, random_state=s),
+    lambda km, s: uniform_sample(600, 40, replace=False, random_state=s),
+    lambda km, s: stratified_sample(km.assignment, 40, random_state=s),
+], ids=["uniform", "uniform-without-replacement", "stratified"])
+def test_baselines_are_unbiased(data, draw):
+    _, km, losses = data
+    _assert_unbiased([draw(km, s).estimate(losses) for s in range(N_SEEDS)], losses.sum())
 
 
-def test_sensitivity_beats_uniform_when_loss_follows_the_clusters(setup):
-    _, losses, km = setup
+def test_spread_matches_the_exact_with_replacement_variance(data):
+    _, km, losses = data
+    results = [sensitivity_sampling(km.assignment, km.sq_distance, _lookup(losses), 40, lambda_=0.05,
+                                    random_state=s) for s in range(N_SEEDS)]
+    empirical = np.std([r.sample.estimate(losses) for r in results])
+    s0 = results[0].sample
+    exact = with_replacement_std(losses, s0.probabilities, s0.n_draws, s0.fixed_rows)
+    assert empirical == pytest.approx(exact, rel=0.1)
+    uniform = with_replacement_std(losses, np.full(600, 1 / 600), 40)
+    assert exact < 0.5 * uniform                 # the proxy follows this loss closely: far better than uniform
+
+
+def test_determinism_with_replacement_weights_and_budget(data):
+    _, km, losses = data
+    a = sensitivity_sampling(km.assignment, km.sq_distance, _lookup(losses), 300, random_state=3)
+    b = sensitivity_sampling(km.assignment, km.sq_distance, _lookup(losses), 300, random_state=3)
+    c = sensitivity_sampling(km.assignment, km.sq_distance, _lookup(losses), 300, random_state=4)
+    np.testing.assert_array_equal(a.sample.rows, b.sample.rows)
+    assert a.lambda_ == b.lambda_ and not np.array_equal(a.sample.rows, c.sample.rows)
+    s = a.sample
+    assert s.n_draws == 300 - 6 and s.size == 300                  # k = 6 center rows + the draws
+    assert len(np.unique(s.rows)) < s.n_draws                      # drawn with replacement: repeats
+    np.testing.assert_array_equal(s.fixed_rows, np.sort(km.center_indices))
+    assert s.probabilities[s.fixed_rows].sum() == 0 and s.probabilities.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(s.weights, 1.0 / (s.n_draws * s.probabilities[s.rows]))
+    rows, weights = s.selected()
+    assert len(rows) == len(np.unique(np.concatenate([s.rows, s.fixed_rows])))
+    assert weights.sum() == pytest.approx(s.weights.sum() + 6)
+    assert weights[np.searchsorted(rows, km.center_indices)] == pytest.approx(np.ones(6))
+    assert a.n_loss_queries == 6 + 12 and len(a.probe_rows) == 12  # centers + 2 probes per cluster
+    assert not set(a.probe_rows) & set(km.center_indices)
+
+
+def test_distance_only_limit(data):
+    """Λ → ∞ gives p ∝ ‖e − c‖²: a huge Λ and distance_only draw the same rows with the same weights."""
+    _, km, losses = data
+    for include in (True, False):
+        far = sensitivity_sampling(km.assignment, km.sq_distance, _lookup(losses), 50, lambda_=1e12,
+                                   include_queried=include, random_state=7)
+        limit = sensitivity_sampling(km.assignment, km.sq_distance, _lookup(losses), 50, distance_only=True,
+                                     include_queried=include, random_state=7)
+        np.testing.assert_allclose(far.sample.probabilities, limit.sample.probabilities, rtol=1e-6, atol=1e-15)
+        common = min(far.sample.n_draws, limit.sample.n_draws)   # literal: distance-only spends no budget on centers
+        np.testing.assert_array_equal(far.sample.rows[:common], limit.sample.rows[:common])
+        assert limit.n_loss_queries == 0 and limit.lambda_ == np.inf
+    assert limit.sample.n_draws == 50 and far.sample.n_draws == 44
+    p = limit.sample.probabilities
+    np.testing.assert_allclose(p / p.sum(), km.sq_distance / km.sq_distance.sum(), rtol=1e-4)
+
+
+@pytest.mark.parametrize("bounds", [[0, 600], [0, 200, 400, 600], [0, 7, 8, 300, 600]],
+                         ids=["1-shard", "3-even", "4-uneven"])
+def test_sharded_two_pass_matches_one_machine(data, bounds):
+    _, km, losses = data
+    one = sensitivity_sampling(km.assignment, km.sq_distance, _lookup(losses), 120, random_state=11)
+    shards = [(km.assignment[a:b], km.sq_distance[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    many = sensitivity_sampling_sharded(shards, _lookup(losses), 120, n_clusters=6, random_state=11)
+    np.testing.assert_array_equal(many.center_indices, one.center_indices)
+    np.testing.assert_array_equal(many.probe_rows, one.probe_rows)
+    assert many.lambda_ == one.lambda_ and many.n_loss_queries == one.n_loss_queries
+    np.testing.assert_allclose(many.sample.probabilities, one.sample.probabilities, rtol=1e-12)
+    np.testing.assert_array_equal(many.sample.rows, one.sample.rows)      # same seed, same draws
+    np.testing.assert_allclose(many.sample.weights, one.sample.weights, rtol=1e-12)
+
+
+def test_per_shard_sums_are_the_sums_of_the_scores(data):
+    _, km, losses = data
     center_loss = losses[km.center_indices]
-    lam = estimate_lambda(center_loss, km.assignment, km.sq_distance, lambda r: losses[r], per_cluster=5,
-                          rng=np.random.default_rng(0))
-    sens = [abs(sensitivity_sample(km.assignment, km.sq_distance, center_loss, lam, 30, random_state=s)
-                .estimate(losses) / losses.sum() - 1) for s in range(300)]
-    unif = [abs(uniform_sample(len(losses), 30, random_state=s).estimate(losses) / losses.sum() - 1)
-            for s in range(300)]
+    stats = [shard_stats(km.assignment[a:b], km.sq_distance[a:b], 6, offset=a) for a, b in [(0, 250), (250, 600)]]
+    plan = merge_shard_stats(stats)
+    np.testing.assert_array_equal(plan.sizes, km.sizes)
+    np.testing.assert_array_equal(plan.center_indices, km.center_indices)
+    known = km.center_indices
+    totals, phi = shard_totals(stats, center_loss, 0.2, known, np.arange(6), km.sq_distance[known], floor=0.0)
+    score = center_loss[km.assignment] + 0.2 * km.sq_distance
+    score[known] = 0
+    np.testing.assert_allclose(totals, [score[:250].sum(), score[250:].sum()], rtol=1e-10)
+    assert phi == 0.0
+
+
+def test_sampling_step_alone_with_given_center_losses(data):
+    _, km, losses = data
+    s = sensitivity_sample(km.assignment, km.sq_distance, losses[km.center_indices], 0.1, 80, random_state=0)
+    assert isinstance(s, Sample) and s.n_draws == 80 and len(s.fixed_rows) == 0
+    expected = losses[km.center_indices][km.assignment] + 0.1 * km.sq_distance
+    np.testing.assert_allclose(s.probabilities, expected / expected.sum(), rtol=1e-5)
+
+
+def test_estimate_lambda_recovers_an_exact_holder_constant():
+    rng = np.random.default_rng(0)
+    sq = rng.random(50) + 0.01
+    center = rng.random(50) + 1
+    assert estimate_lambda(center + 0.7 * sq, center, sq) == pytest.approx(0.7)
+    assert estimate_lambda(center, center, np.zeros(50)) == 0.0          # no informative probe
+    ratios = holder_ratios(np.array([1.0, 2.0, 1.5]), np.array([0, 0, 0]), np.array([0.0, 4.0, 1.0]),
+                           np.array([0]))
+    np.testing.assert_allclose(ratios, [1.0 / 4.0, 0.5 / 1.0])
+
+
+def test_sensitivity_beats_uniform_when_the_loss_follows_the_clusters(data):
+    _, km, losses = data
+    sens = [abs(sensitivity_sampling(km.assignment, km.sq_distance, _lookup(losses), 40, random_state=s)
+                .sample.estimate(losses) / losses.sum() - 1) for s in range(300)]
+    unif = [abs(uniform_sample(600, 40, random_state=s).estimate(losses) / losses.sum() - 1) for s in range(300)]
     assert np.median(sens) < 0.7 * np.median(unif)
 
 
-def test_with_replacement_determinism_and_probabilities(setup):
-    _, losses, km = setup
-    a = sensitivity_sample(km.assignment, km.sq_distance, losses[km.center_indices], 0.3, 500, random_state=3)
-    b = sensitivity_sample(km.assignment, km.sq_distance, losses[km.center_indices], 0.3, 500, random_state=3)
-    np.testing.assert_array_equal(a.rows, b.rows)
-    assert len(np.unique(a.rows)) < len(a.rows)             # with replacement: repeats at this budget
-    assert a.probabilities.sum() == pytest.approx(1.0)
-    np.testing.assert_allclose(a.weights, 1 / (500 * a.probabilities[a.rows]))
-    rows, w = collapse(a)
-    assert len(rows) == len(np.unique(a.rows)) and w.sum() == pytest.approx(a.weights.sum())
+def test_stratified_allocation_and_weights(data):
+    _, km, _ = data
+    s = stratified_sample(km.assignment, 20, random_state=0)
+    assert s.n_draws == 20 and len(np.unique(s.rows)) == 20        # without replacement within a cluster
+    per_cluster = np.bincount(km.assignment[s.rows], minlength=6)
+    assert (per_cluster >= 1).all()
+    np.testing.assert_allclose(s.weights, (km.sizes / per_cluster)[km.assignment[s.rows]])
+    assert s.probabilities.sum() == pytest.approx(1.0)
 
 
-def test_distance_only_limit(setup):
-    """Λ → ∞ gives p ∝ ‖e − c‖²: the same distribution as a huge Λ."""
-    _, losses, km = setup
-    cl = losses[km.center_indices]
-    far = sensitivity_sample(km.assignment, km.sq_distance, cl, 1e9, 10, random_state=0).probabilities
-    limit = sensitivity_sample(km.assignment, km.sq_distance, cl, 0, 10, distance_only=True,
-                               random_state=0).probabilities
-    np.testing.assert_allclose(far, limit, rtol=1e-5, atol=1e-12)
+def test_kcenter_greedy_picks_farthest_points_and_covers_everything(data):
+    x, _, _ = data
+    s = kcenter_sample(x, 25, random_state=0)
+    assert len(np.unique(s.rows)) == 25 and s.weights.sum() == len(x)
+    d_first = ((x - x[s.rows[0]]) ** 2).sum(1)
+    assert s.rows[1] == np.argmax(d_first)                          # the second pick is the farthest row
+    same = np.repeat(x[:3], 4, axis=0)                              # 3 distinct rows: picks stay distinct
+    assert len(np.unique(kcenter_sample(same, 5).rows)) == 5
 
 
-def test_kcenter_covers_and_weighs_everything(setup):
-    x, _, _ = setup
-    s = kcenter_sample(x, 20, random_state=0)
-    assert len(np.unique(s.rows)) == 20 and s.weights.sum() == len(x)
+def test_counting_loss_caches_and_counts_distinct_rows():
+    calls = []
+    counting = CountingLoss(lambda rows: (calls.append(len(rows)), rows * 1.0)[1], n_rows=10)
+    np.testing.assert_array_equal(counting(np.array([1, 2, 3])), [1, 2, 3])
+    np.testing.assert_array_equal(counting(np.array([3, 4, 4])), [3, 4, 4])
+    assert counting.n_queries == 4 and calls == [3, 1]
+    with pytest.raises(IndexError):
+        counting(np.array([10]))
 
 
-def test_counting_loss_counts_distinct_queries():
-    c = CountingLoss(lambda r: r * 1.0)
-    c(np.array([1, 2, 3]))
-    c(np.array([3, 4]))
-    assert c.n_queries == 4
-
-
-def test_clear_errors(setup):
-    x, losses, km = setup
-    with pytest.raises(ValueError, match="budget=601 must lie in"):
+def test_clear_errors(data):
+    x, km, losses = data
+    f = _lookup(losses)
+    with pytest.raises(ValueError, match="budget=601 is larger than the data \\(600 rows\\)"):
         uniform_sample(600, 601)
-    with pytest.raises(ValueError, match="n_clusters=700 must lie in"):
-        fit_kmeans(x, 700)
+    with pytest.raises(ValueError, match="budget=601 is larger than the data"):
+        sensitivity_sampling(km.assignment, km.sq_distance, f, 601)
+    with pytest.raises(ValueError, match="budget=6 leaves no draws after the 6 center rows"):
+        sensitivity_sampling(km.assignment, km.sq_distance, f, 6)
+    with pytest.raises(ValueError, match="assignment has 600 rows but sq_distance has 5"):
+        sensitivity_sampling(km.assignment, km.sq_distance[:5], f, 40)
+    with pytest.raises(ValueError, match="2 of 8 clusters are empty \\(first: cluster 6\\)"):
+        sensitivity_sampling(km.assignment, km.sq_distance, f, 40, n_clusters=8)
+    with pytest.raises(ValueError, match="clusters are empty"):
+        stratified_sample(km.assignment, 40, n_clusters=7)
+    with pytest.raises(ValueError, match="budget=3 is smaller than the 6 clusters"):
+        stratified_sample(km.assignment, 3)
     bad = x.copy()
-    bad[3, 0] = np.nan
-    with pytest.raises(ValueError, match="NaN or infinite values in 1 rows"):
-        fit_kmeans(bad, 3)
-    with pytest.raises(ValueError, match="clusters empty"):
-        fit_kmeans(np.zeros((10, 2), dtype=np.float32) + np.arange(2)[None], 3)
-    with pytest.raises(ValueError, match="sq_distance has 5 rows"):
-        sensitivity_sample(km.assignment, km.sq_distance[:5], losses[km.center_indices], 0.1, 10)
+    bad[4, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        kcenter_sample(bad, 5)
+    with pytest.raises(ValueError, match="lambda_=-1"):
+        sensitivity_sampling(km.assignment, km.sq_distance, f, 40, lambda_=-1.0)
+    with pytest.raises(ValueError, match="returned 1 losses for 6 rows"):
+        sensitivity_sampling(km.assignment, km.sq_distance, lambda rows: np.ones(1), 40)
+    with pytest.raises(ValueError, match="NaN or infinite losses"):
+        sensitivity_sampling(km.assignment, km.sq_distance, lambda rows: np.full(len(rows), np.nan), 40)
+    with pytest.raises(ValueError, match="non-negative losses"):
+        sensitivity_sampling(km.assignment, km.sq_distance, lambda rows: -np.ones(len(rows)), 40)
+    with pytest.raises(ValueError, match="losses has shape \\(3,\\), expected \\(600,\\)"):
+        uniform_sample(600, 10).estimate(np.ones(3))
+    with pytest.raises(ValueError, match="budget must be an integer"):
+        uniform_sample(600, 1.5)
