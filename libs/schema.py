@@ -171,26 +171,33 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def describe(cls: type, prefix: str = "") -> list[dict[str, str]]:
-    """One row per key: dotted key, type, default, allowed values, doc (for the README)."""
+def describe(cls: type, prefix: str = "", instance: Any = None) -> list[dict[str, str]]:
+    """One row per key: dotted key, type, default, allowed values, doc (for the README).
+
+    Nested tables report the defaults of their default instance (e.g. a field whose
+    default_factory builds ``StepResources(gpu=1)`` shows ``gpu`` defaulting to 1).
+    """
     rows = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         key = prefix + f.name
         sub = [a for a in (typing.get_args(tp) or ()) if dataclasses.is_dataclass(a)]
+        if instance is not None:
+            default_value = getattr(instance, f.name)
+        elif f.default is not dataclasses.MISSING:
+            default_value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default_value = f.default_factory()
+        else:
+            default_value = dataclasses.MISSING
         if dataclasses.is_dataclass(tp):
-            rows.extend(describe(tp, key + "."))
+            rows.extend(describe(tp, key + ".", None if default_value is dataclasses.MISSING else default_value))
             continue
         if sub:  # list of tables
             rows.extend(describe(sub[0], key + "[]."))
             continue
-        if f.default is not dataclasses.MISSING:
-            default = repr(f.default)
-        elif f.default_factory is not dataclasses.MISSING:
-            default = repr(to_dict(f.default_factory()))
-        else:
-            default = "(required)"
+        default = "(required)" if default_value is dataclasses.MISSING else repr(to_dict(default_value))
         meta = f.metadata
         allowed = []
         if meta.get("choices"):
