@@ -86,10 +86,6 @@ def test_incompatible_models_are_refused_naming_the_field():
     other_vocab = build_model(ModelSpec(n_layer=2, n_embd=16, n_head=2), vocab_size=V + 1, n_positions=P, seed=0)
     with pytest.raises(GrowthError, match="differ in vocab_size"):
         fuse_models([a, other_vocab])
-    tied = build_model(ModelSpec(n_layer=2, n_embd=16, n_head=2, tie_embeddings=True), vocab_size=V,
-                       n_positions=P, seed=0)
-    with pytest.raises(GrowthError, match="tie_word_embeddings=False"):
-        fuse_models([tied, tied])
     with pytest.raises(GrowthError, match="'copy' or 'zero'"):
         stack_layers(a, mode="twice")
 
