@@ -29,7 +29,7 @@ def time_run(config: str) -> dict:
         env = {"USER": os.environ.get("USER", "bench"), "METAFLOW_DATASTORE_SYSROOT_LOCAL": store,
                "HF_HUB_OFFLINE": "1"}
         t0 = time.perf_counter()
-        with Runner(str(ROOT / "flows" / "growth_flow.py"), show_output=False, env=env, cwd=str(ROOT),
+        with Runner(str(ROOT / "flows" / "growth_flow.py"), show_output=False, env=env, cwd=store,
                     config=[("config", str(ROOT / "config" / f"{config}.toml"))]).run() as running:
             seconds = time.perf_counter() - t0
             if running.status != "successful":

@@ -11,7 +11,8 @@ as artifacts and draws its card. The logic lives in ``steps/`` and ``libs/``.
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _ROOT)
 
 from metaflow import (Config, FlowSpec, Parameter, card, config_expr, current, resources, retry,  # noqa: E402
                       step)
@@ -54,7 +55,8 @@ def _keep(flow, result, prefix="", exclude=()):
 class GrowthFlow(FlowSpec):
     """Train a large transformer for less compute: selection, small models, growth, large model, gap."""
 
-    config = Config("config", default="config/default.toml", parser=parse_growth_config)
+    # the default is found from any working directory (run and resume need not start in the repository)
+    config = Config("config", default=os.path.join(_ROOT, "config", "default.toml"), parser=parse_growth_config)
     seed = Parameter("seed", type=int, default=config_expr("config.seed"),
                      help="seeds every stage; the same config and seed give the same selection and metrics")
     budget = Parameter("budget", type=float, default=config_expr("config.select.budget"),

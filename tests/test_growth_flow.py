@@ -23,9 +23,15 @@ pytestmark = pytest.mark.slow
 
 
 def _env(root: Path, **extra) -> dict:
-    # cards have their own local root (Metaflow does not derive it from the datastore's)
     return {"USER": "test", "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(root), "HF_HUB_OFFLINE": "1",
-            "METAFLOW_CARD_LOCALROOT": str(root / ".metaflow" / "mf.cards"), "PYTHONUNBUFFERED": "1", **extra}
+            "PYTHONUNBUFFERED": "1", **extra}
+
+
+# Runs start in their datastore folder. Metaflow 2.19.39 writes local cards under the first `.metaflow` found
+# from the working directory up, while the Client reads them from the task's datastore root + `mf.cards`;
+# starting in the datastore folder makes the two the same place (as they are for a user running from the
+# repository with the default datastore). METAFLOW_CARD_LOCALROOT does not help: with it set, cards are
+# written to the datastore root itself, where the Client does not look.
 
 
 def _client(root: Path):
@@ -43,7 +49,7 @@ def datastore(tmp_path_factory):
 def tiny_run(datastore):
     from metaflow import Runner
 
-    with Runner(FLOW, show_output=False, env=_env(datastore), cwd=str(ROOT),
+    with Runner(FLOW, show_output=False, env=_env(datastore), cwd=str(datastore),
                 config=[("config", TINY)]).run() as running:
         assert running.status == "successful", running.stderr[-5000:]
         run_id = running.run.id
@@ -56,11 +62,8 @@ def _data(run, step):
     return run[step].task.data
 
 
-def test_every_step_ran_and_has_a_card(tiny_run, datastore, monkeypatch):
+def test_every_step_ran_and_has_a_card(tiny_run):
     from metaflow.cards import get_cards
-    from metaflow.plugins.cards import card_datastore
-
-    monkeypatch.setattr(card_datastore, "CARD_LOCALROOT", str(datastore / ".metaflow" / "mf.cards"))
 
     steps = {s.id for s in tiny_run}
     assert steps == {"start", "prepare", "embed", "select", "pretrain_small", "join_small", "grow", "train_large",
@@ -134,7 +137,7 @@ def test_same_seed_same_selection_and_metrics(tiny_run, datastore):
     """A second run with the same config and seed selects the same rows and measures the same losses."""
     from metaflow import Runner
 
-    with Runner(FLOW, show_output=False, env=_env(datastore), cwd=str(ROOT),
+    with Runner(FLOW, show_output=False, env=_env(datastore), cwd=str(datastore),
                 config=[("config", TINY)]).run() as running:
         assert running.status == "successful", running.stderr[-3000:]
         again = running.run
@@ -145,15 +148,16 @@ def test_same_seed_same_selection_and_metrics(tiny_run, datastore):
     assert _data(again, "predict_gap").gap_n_earlier_rows > 0
 
 
-def test_resume_continues_train_large_from_its_checkpoint(tiny_run, tmp_path):
+def test_resume_continues_train_large_from_its_checkpoint(tiny_run, datastore, tmp_path):
     from metaflow import Run, Runner
 
+    uninterrupted = _data(tiny_run, "join_large").large_final_val_loss["grown"]   # before the client moves
     env = _env(tmp_path, GROWTHFLOW_FAIL_AT_STEP="grown:12")
-    with Runner(FLOW, show_output=False, env=env, cwd=str(ROOT), config=[("config", TINY)]).run() as running:
+    with Runner(FLOW, show_output=False, env=env, cwd=str(tmp_path), config=[("config", TINY)]).run() as running:
         assert running.status == "failed"
         assert "injected failure at step 12" in running.stdout + running.stderr
         origin_id = running.run.id
-    with Runner(FLOW, show_output=False, env=_env(tmp_path), cwd=str(ROOT)).resume(
+    with Runner(FLOW, show_output=False, env=_env(tmp_path), cwd=str(tmp_path)).resume(
             origin_run_id=origin_id) as resumed:
         assert resumed.status == "successful", resumed.stderr[-5000:]
         resumed_id = resumed.run.id
@@ -165,13 +169,14 @@ def test_resume_continues_train_large_from_its_checkpoint(tiny_run, tmp_path):
     assert large["grown"].resumed_from_step == 10       # tiny.toml checkpoints every 10 steps
     assert large["scratch"].resumed_from_step == 0
     # the resumed run's results equal an uninterrupted run's
-    np.testing.assert_allclose(run["join_large"].task.data.large_final_val_loss["grown"],
-                               _data(tiny_run, "join_large").large_final_val_loss["grown"], rtol=1e-5)
+    resumed_loss = run["join_large"].task.data.large_final_val_loss["grown"]
+    _client(datastore)                                   # the other tests read the shared run's datastore
+    np.testing.assert_allclose(resumed_loss, uninterrupted, rtol=1e-5)
 
 
 def _run_cli(args, datastore, **env):
     full_env = {**os.environ, **_env(datastore), **env}
-    return subprocess.run([sys.executable, FLOW, *args], cwd=str(ROOT), env=full_env, capture_output=True,
+    return subprocess.run([sys.executable, FLOW, *args], cwd=str(datastore), env=full_env, capture_output=True,
                           text=True, timeout=600)
 
 

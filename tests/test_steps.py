@@ -56,8 +56,11 @@ def test_select_returns_weighted_unique_rows(selected):
     assert len(np.unique(s.indices)) == len(s.indices)
     assert s.weights.mean() == pytest.approx(1.0)
     assert s.n_loss_queries >= 4                                   # the centers at least
-    np.testing.assert_allclose(s.probabilities[s.indices] * s.raw_weights * s.budget_docs,
-                               np.round(s.probabilities[s.indices] * s.raw_weights * s.budget_docs))  # w = m/(s p)
+    drawn = s.probabilities[s.indices] > 0                          # center rows are kept with weight 1
+    np.testing.assert_allclose(s.raw_weights[~drawn], 1.0)
+    counts = s.probabilities[s.indices][drawn] * s.raw_weights[drawn] * s.n_draws   # w = (times drawn)/(s p)
+    np.testing.assert_allclose(counts, np.round(counts), rtol=1e-9)
+    assert (np.round(counts) >= 1).all() and np.round(counts).sum() == s.n_draws
     d = s.diagnostics
     assert np.isfinite(d["true_mean_loss"]) and np.isfinite(d["uniform_median_relative_error"])
     again = select.run(cfg, **args)
