@@ -18,8 +18,14 @@ class RunSummary:
 
 def run(*, n_train_docs: int, n_selected: int, selection_method: str, grow_method: str,
         preservation: dict, saving_summary: str, large_final_val_loss: dict[str, float],
-        large_tokens_per_s: dict[str, float], gap_predictions: dict[str, dict]) -> RunSummary:
-    """Collect the run's headline figures into one flat dict (the ``summary`` artifact)."""
+        large_tokens_per_s: dict[str, float], gap_predictions: dict[str, dict],
+        saving: list[dict] | None = None) -> RunSummary:
+    """Collect the run's headline figures into one flat dict (the ``summary`` artifact).
+
+    ``saving`` is ``join_large``'s table (one row per arm); each arm other than the
+    target contributes its steps to the scratch model's final validation loss and its
+    step and FLOP ratios (after growth, and in total with the small models' pretraining).
+    """
     figures: dict[str, Any] = {
         "n_train_docs": n_train_docs, "n_selected": n_selected,
         "selected_fraction": n_selected / max(n_train_docs, 1), "selection_method": selection_method,
@@ -28,6 +34,12 @@ def run(*, n_train_docs: int, n_selected: int, selection_method: str, grow_metho
     for arm, loss in large_final_val_loss.items():
         figures[f"final_val_loss_{arm}"] = loss
         figures[f"tokens_per_s_{arm}"] = large_tokens_per_s.get(arm)
+    has_baseline = any(row["arm"] == "scratch" for row in saving or [])
+    for row in saving or []:
+        if not has_baseline or row["arm"] == "scratch":
+            continue
+        for key in ("steps_to_target", "step_ratio", "flops_ratio_after_growth", "flops_ratio_total"):
+            figures[f"{key}_{row['arm']}"] = row.get(key)
     for arm, row in gap_predictions.items():
         figures[f"gap_predicted_{arm}"] = row.get("predicted")
         figures[f"gap_measured_{arm}"] = row.get("measured")

@@ -6,7 +6,7 @@ import pytest
 
 from libs.models import ModelSpec, build_model, model_from_files, model_to_files
 from libs.training import TrainConfig
-from steps import embed, grow, join_large, prepare, select
+from steps import embed, end, grow, join_large, prepare, select
 
 TINY_PREPARE = prepare.PrepareConfig(max_docs_per_source=40, chunk_chars=300, vocab_size=400, seq_len=32)
 
@@ -108,3 +108,11 @@ def test_join_large_saving_table():
     assert row["flops_ratio_after_growth"] == pytest.approx(0.25)
     assert row["flops_ratio_total"] == pytest.approx((250 + 500) / 1000)
     assert "0.25x the steps" in result.summary
+
+    summary = end.run(n_train_docs=100, n_selected=10, selection_method="sensitivity", grow_method="fuse",
+                      preservation={"max_abs_dlogit": 0.5}, saving_summary=result.summary,
+                      large_final_val_loss=result.final_val_loss, large_tokens_per_s={"grown": 1.0, "scratch": 1.0},
+                      gap_predictions={}, saving=result.saving)
+    assert summary.figures["step_ratio_grown"] == pytest.approx(0.25)
+    assert summary.figures["flops_ratio_total_grown"] == pytest.approx(0.75)
+    assert "step_ratio_scratch" not in summary.figures
