@@ -21,6 +21,7 @@ from config_source import parse_growth_config  # noqa: E402  (flows/ is on sys.p
 from project_code import ship_project_code  # noqa: E402
 
 FAIL_ENV = "GROWTHFLOW_FAIL_AT_STEP"  # test-only switch: "<arm>:<step>" makes train_large crash there
+# (the same name as steps.train_large.FAIL_ENV, which the data-parallel ranks read)
 
 
 def _settings(flow):
@@ -185,7 +186,11 @@ class GrowthFlow(FlowSpec):
                gpu=config_expr("config.resources.train_large.gpu"))
     @step
     def train_large(self):
-        """Train the large model from the grown init or from scratch (GPU when there is one)."""
+        """Train the large model from the grown init or from scratch (GPU when there is one).
+
+        With ``train_large.nproc_per_node > 1`` the arm trains data-parallel on that many
+        processes of this node, started by metaflow-torchrun's single-node launcher.
+        """
         from steps import train_large
         from flow_cards import LiveLossCard, render
 
@@ -197,7 +202,8 @@ class GrowthFlow(FlowSpec):
                                  val_lengths=self.val_lengths, indices=self.selection_indices,
                                  weights=self.selection_weights, seq_len=self.seq_len, seed=cfg.seed,
                                  checkpoint_dir=_checkpoint_dir(f"train_large/{arm}"),
-                                 on_eval=LiveLossCard(f"large model, {arm}"), on_step=_failure_injector(arm))
+                                 on_eval=LiveLossCard(f"large model, {arm}"), on_step=_failure_injector(arm),
+                                 launch=_torchrun_launcher(cfg.train_large.nproc_per_node))
         self.large_result = result
         render(train_large.report(result))
         self.next(self.join_large)
@@ -251,7 +257,8 @@ class GrowthFlow(FlowSpec):
                          selection_method=cfg.select.method, grow_method=cfg.grow.method,
                          preservation=self.grow_preservation, saving_summary=self.large_summary,
                          large_final_val_loss=self.large_final_val_loss,
-                         large_tokens_per_s=self.large_tokens_per_s, gap_predictions=self.gap_predictions)
+                         large_tokens_per_s=self.large_tokens_per_s, gap_predictions=self.gap_predictions,
+                         saving=self.large_saving)
         self.summary = result.figures
         self.summary_text = result.text
         render(end.report(result))
@@ -280,17 +287,27 @@ def _checkpoint_dir(name: str) -> str:
 
 
 def _failure_injector(arm: str):
-    """Test-only: ``GROWTHFLOW_FAIL_AT_STEP=<arm>:<step>`` crashes that arm's training at that step."""
-    spec = os.environ.get(FAIL_ENV, "")
-    if not spec:
+    """Test-only: ``GROWTHFLOW_FAIL_AT_STEP=<arm>:<step>`` crashes that arm's training at that step.
+
+    Under data parallelism the ranks read the same variable themselves (see steps/train_large_ddp.py).
+    """
+    from steps.train_large import failure_injector
+
+    return failure_injector(arm, os.environ.get(FAIL_ENV, ""))
+
+
+def _torchrun_launcher(nproc_per_node: int):
+    """metaflow-torchrun's single-node launcher when ``train_large.nproc_per_node > 1`` (else None).
+
+    ``TorchrunSingleNodeMultiGPU().run(entrypoint=..., nproc_per_node=..., entrypoint_args=...)``
+    runs ``python -m torch.distributed.run`` on this machine and streams the ranks' output into
+    the task's logs; steps/ receives it as a plain callable and never imports Metaflow.
+    """
+    if nproc_per_node <= 1:
         return None
-    fail_arm, fail_step = spec.split(":")
+    from metaflow import TorchrunSingleNodeMultiGPU  # the metaflow-torchrun extension (requirements.txt)
 
-    def crash(step: int) -> None:
-        if arm == fail_arm and step == int(fail_step):
-            raise RuntimeError(f"injected failure at step {step} of arm {arm} ({FAIL_ENV}={spec})")
-
-    return crash
+    return TorchrunSingleNodeMultiGPU().run
 
 
 def _earlier_zoo_rows(include: bool, max_runs: int) -> list:

@@ -5,11 +5,18 @@ order (the data-order seed is shared) and the same token budget; only the
 initialization differs. That makes ``join_large``'s comparison a controlled one.
 The step checkpoints every ``train.checkpoint_every`` steps: a Metaflow ``resume``
 after a crash continues from the last checkpoint rather than from step 0.
+
+With ``nproc_per_node > 1`` an arm trains data-parallel (DistributedDataParallel) on
+that many processes of one node: :func:`run` hands the work to the entry script
+``steps/train_large_ddp.py`` through a launcher the caller passes in (the flow passes
+metaflow-torchrun's single-node launcher) and loads what rank 0 wrote back into the
+same :class:`TrainLargeResult`. With 1 (the default) it trains in the calling process.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 from typing import Callable
@@ -22,9 +29,12 @@ from libs.report import Figure, Markdown
 from libs.schema import option
 from libs.training import TrainConfig, train_model
 
-__all__ = ["ARMS", "TrainLargeConfig", "TrainLargeResult", "run", "report", "scratch_model_like"]
+__all__ = ["ARMS", "DDP_BACKENDS", "FAIL_ENV", "TrainLargeConfig", "TrainLargeResult", "run", "train_arm",
+           "report", "scratch_model_like", "failure_injector"]
 
 ARMS = ("grown", "scratch")
+DDP_BACKENDS = ("auto", "nccl", "gloo")
+FAIL_ENV = "GROWTHFLOW_FAIL_AT_STEP"  # test-only switch: "<arm>:<step>" makes that arm's training crash there
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +49,12 @@ class TrainLargeConfig:
                                    "'scratch' (fresh init of the same shape, the baseline)",
                                    choices=ARMS, default_factory=lambda: ARMS)
     gap_feature_rows: int = option(64, "training rows used for the trained model's gap features", min=8)
+    nproc_per_node: int = option(1, "processes (one per GPU) that train each arm data-parallel on one node, "
+                                 "launched by metaflow-torchrun; 1 trains in the step's own process. "
+                                 "train.batch_size is per process (global batch = batch_size x grad_accum x "
+                                 "nproc_per_node)", min=1)
+    ddp_backend: str = option("auto", "torch.distributed backend when nproc_per_node > 1: 'auto' (nccl on "
+                              "CUDA, gloo on CPU), 'nccl' or 'gloo'", choices=DDP_BACKENDS)
 
     def __post_init__(self) -> None:
         if not self.arms or len(set(self.arms)) != len(self.arms):
@@ -78,8 +94,40 @@ def run(cfg: TrainLargeConfig, arm: str, *, grown_files: dict[str, bytes], train
         train_lengths: np.ndarray, val_tokens: np.ndarray, val_lengths: np.ndarray, indices: np.ndarray,
         weights: np.ndarray, seq_len: int, seed: int, checkpoint_dir: str | None = None,
         on_eval: Callable | None = None, on_step: Callable[[int], None] | None = None,
-        progress: bool = True) -> TrainLargeResult:
-    """Train arm ``arm`` ('grown' or 'scratch') on the selected rows for ``cfg.train.steps`` steps."""
+        progress: bool = True, launch: Callable[..., None] | None = None) -> TrainLargeResult:
+    """Train arm ``arm`` ('grown' or 'scratch') on the selected rows for ``cfg.train.steps`` steps.
+
+    With ``cfg.nproc_per_node == 1`` the arm trains here (:func:`train_arm`). With more,
+    it trains data-parallel in ``cfg.nproc_per_node`` processes started by ``launch``,
+    called as ``launch(entrypoint=..., nproc_per_node=..., entrypoint_args=[...],
+    torchrun_args={...})`` (metaflow-torchrun's ``TorchrunSingleNodeMultiGPU().run``);
+    ``on_eval`` and ``on_step`` stay in this process and are not called then (the ranks
+    honour the test-only ``GROWTHFLOW_FAIL_AT_STEP`` switch themselves), see
+    :mod:`steps.train_large_ddp`.
+    """
+    if arm not in ARMS:
+        raise ValueError(f"unknown arm {arm!r}; expected one of {ARMS}")
+    if cfg.nproc_per_node > 1:
+        from steps.train_large_ddp import run_data_parallel
+
+        return run_data_parallel(cfg, arm, grown_files=grown_files, train_tokens=train_tokens,
+                                 train_lengths=train_lengths, val_tokens=val_tokens, val_lengths=val_lengths,
+                                 indices=indices, weights=weights, seq_len=seq_len, seed=seed,
+                                 checkpoint_dir=checkpoint_dir, launch=launch, progress=progress,
+                                 callbacks_dropped=[name for name, cb in (("on_eval", on_eval), ("on_step", on_step))
+                                                    if cb is not None])
+    return train_arm(cfg, arm, grown_files=grown_files, train_tokens=train_tokens, train_lengths=train_lengths,
+                     val_tokens=val_tokens, val_lengths=val_lengths, indices=indices, weights=weights,
+                     seq_len=seq_len, seed=seed, checkpoint_dir=checkpoint_dir, on_eval=on_eval, on_step=on_step,
+                     progress=progress)
+
+
+def train_arm(cfg: TrainLargeConfig, arm: str, *, grown_files: dict[str, bytes], train_tokens: np.ndarray,
+              train_lengths: np.ndarray, val_tokens: np.ndarray, val_lengths: np.ndarray, indices: np.ndarray,
+              weights: np.ndarray, seq_len: int, seed: int, checkpoint_dir: str | None = None,
+              on_eval: Callable | None = None, on_step: Callable[[int], None] | None = None,
+              progress: bool = True) -> TrainLargeResult:
+    """Train one arm in this process; a DDP rank when a torch.distributed process group is up."""
     from libs.gap_features import lm_features
 
     if arm not in ARMS:
@@ -94,8 +142,9 @@ def run(cfg: TrainLargeConfig, arm: str, *, grown_files: dict[str, bytes], train
     rows = np.random.default_rng(seed).choice(len(tokens), min(cfg.gap_feature_rows, len(tokens)), replace=False)
     features = lm_features(model, tokens[rows], lengths[rows], init_state=init_state, seed=seed)
     fpt = flops_per_token(model, seq_len)
-    print(f"[train_large[{arm}]] final val loss {result.final_val_loss:.4f} on {result.device}, "
-          f"{result.tokens_per_s:,.0f} tokens/s", file=sys.stderr, flush=True)
+    if _rank() == 0:
+        print(f"[train_large[{arm}]] final val loss {result.final_val_loss:.4f} on {result.device}, "
+              f"{result.tokens_per_s:,.0f} tokens/s", file=sys.stderr, flush=True)
     return TrainLargeResult(
         arm=arm, model_files=model_to_files(model), curve=result.curve, final_val_loss=result.final_val_loss,
         final_train_loss=result.final_train_loss, tokens_per_s=result.tokens_per_s,
@@ -103,6 +152,31 @@ def run(cfg: TrainLargeConfig, arm: str, *, grown_files: dict[str, bytes], train
         n_tokens=result.n_tokens, resumed_from_step=result.resumed_from_step, gap_features=features,
         measured_gap=result.final_val_loss - result.final_train_loss, device=result.device,
         seconds=time.perf_counter() - t0)
+
+
+def _rank() -> int:
+    """This process's rank under torch.distributed (0 without a process group)."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def failure_injector(arm: str, spec: str | None = None) -> Callable[[int], None] | None:
+    """Test-only: ``spec`` (default: ``$GROWTHFLOW_FAIL_AT_STEP``) = ``"<arm>:<step>"`` crashes that arm there.
+
+    Pass the result as ``on_step``. Under data parallelism every rank reads the variable
+    (torchrun's processes inherit the environment), so all of them stop at the same step.
+    """
+    spec = os.environ.get(FAIL_ENV, "") if spec is None else spec
+    if not spec:
+        return None
+    fail_arm, fail_step = spec.split(":")
+
+    def crash(step: int) -> None:
+        if arm == fail_arm and step == int(fail_step):
+            raise RuntimeError(f"injected failure at step {step} of arm {arm} ({FAIL_ENV}={spec})")
+
+    return crash
 
 
 def loss_curve_figure(curves: dict[str, list[dict]], title: str):
