@@ -58,7 +58,9 @@ final loss (over every seed). Goal: the best grown arm reaches scratch's final l
 same test on the means is ``goal.met_on_mean``).
 
 Everything is seeded; no network is used (HF_HUB_OFFLINE=1 is fine); torch uses ``--threads``
-CPU threads. Progress goes to stderr; the one JSON object goes to stdout (and ``--out``).
+CPU threads in each of ``--jobs`` processes (seeds run in parallel when ``--jobs`` > 1: on 2 cores,
+``--jobs 3 --threads 1`` runs the three seeds at once). Progress goes to stderr; the one JSON object
+goes to stdout (and ``--out``).
 """
 
 from __future__ import annotations
@@ -423,7 +425,9 @@ def main() -> None:
                         help="uniform slice at the config's budget, or the config's own embed + select")
     parser.add_argument("--arms", nargs="+", choices=ALL_ARMS, default=list(DEFAULT_ARMS),
                         help="large arms to train (scratch is always trained)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (per process with --jobs)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="seeds trained in parallel processes (each with --threads threads); 1: one after another")
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke test: {QUICK['small_steps']} small and {QUICK['large_steps']} large steps, "
                              "1 seed, small evaluations")
@@ -450,7 +454,7 @@ def main() -> None:
     if "scratch" not in args.arms:
         args.arms = ["scratch"] + args.arms
     args.arms = [a for a in ALL_ARMS if a in args.arms]               # fixed order, no repeats
-    for name in ("seeds", "small_steps", "large_steps", "threads"):
+    for name in ("seeds", "small_steps", "large_steps", "threads", "jobs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.eval_every < 0:
@@ -468,13 +472,39 @@ def main() -> None:
     _log(f"{data.summary['n_selected_rows']} selected rows; {args.seeds} seed(s), small {small_cfg.steps} steps, "
          f"large {large_cfg.steps} steps, arms {', '.join(args.arms)}")
     seeds = []
-    for seed in range(args.seeds):
-        seeds.append(run_seed(seed, cfg, data, small_cfg, large_cfg, args))
-        if args.out and seed + 1 < args.seeds:      # a long run killed midway still leaves its finished seeds
+
+    def finished(result: dict) -> None:
+        seeds.append(result)
+        seeds.sort(key=lambda r: r["seed"])
+        if args.out and len(seeds) < args.seeds:    # a long run killed midway still leaves its finished seeds
             _write(args.out, _report(seeds, args, data, small_cfg, large_cfg, t0, complete=False))
-            _log(f"seed {seed} done; partial report ({seed + 1}/{args.seeds} seeds) in {args.out}")
+            _log(f"seed {result['seed']} done; partial report ({len(seeds)}/{args.seeds} seeds) in {args.out}")
+
+    if args.jobs == 1:
+        for seed in range(args.seeds):
+            finished(run_seed(seed, cfg, data, small_cfg, large_cfg, args))
+    else:                                            # fresh interpreters: no OpenMP state forked from this one
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(max_workers=min(args.jobs, args.seeds),
+                                 mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_worker_init, initargs=(args.threads,)) as pool:
+            futures = [pool.submit(run_seed, seed, cfg, data, small_cfg, large_cfg, args)
+                       for seed in range(args.seeds)]
+            for future in as_completed(futures):
+                finished(future.result())
     text = _write(args.out, _report(seeds, args, data, small_cfg, large_cfg, t0, complete=True))
     print(text)
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)                     # as main() does for the one-process path
+    hf_logging.disable_progress_bar()
 
 
 def _write(out: str | None, report: dict) -> str:
@@ -491,7 +521,7 @@ def _report(seeds: list[dict], args: argparse.Namespace, data, small_cfg, large_
     return {
         "complete": complete, "seeds_done": f"{len(seeds)}/{args.seeds}",
         "benchmark": "growth_saving", "config": _display_path(args.config), "quick": args.quick,
-        "threads": args.threads, "cpu_count": os.cpu_count(), "data": data.summary,
+        "threads": args.threads, "jobs": args.jobs, "cpu_count": os.cpu_count(), "data": data.summary,
         "train": {"small": dataclasses.asdict(small_cfg), "large": dataclasses.asdict(large_cfg),
                   "control_steps": first["control_steps"], "noise_std": args.noise_std,
                   "stack_mode": args.stack_mode,
