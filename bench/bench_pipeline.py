@@ -46,9 +46,15 @@ def time_run(config: str) -> dict:
             if spans:
                 steps[step.id] = round(max(e for _, e in spans).timestamp() - min(s for s, _ in spans).timestamp(), 1)
         summary = run["end"].task.data.summary
+        gap = run["predict_gap"].task.data
+        gap_figures = {"zoo_rows": gap.gap_n_zoo_rows, "zoo_models": gap.gap_n_zoo_models,
+                       "best_predictor": gap.gap_best_predictor, "leave_one_model_out": gap.gap_r2_table,
+                       "large_models": {arm: {k: p[k] for k in ("predicted", "measured", "abs_error")}
+                                        for arm, p in gap.gap_predictions.items()}}
     return {"config": config, "status": "successful", "seconds": round(seconds, 1),
             "target_seconds": TARGET_SECONDS.get(config), "within_target": seconds <= TARGET_SECONDS.get(config, 1e9),
-            "step_seconds": steps, "summary": summary}
+            "step_seconds": steps, "load_average_1m_after": os.getloadavg()[0], "summary": summary,
+            "gap_prediction": gap_figures}
 
 
 def main() -> None:
