@@ -5,9 +5,12 @@ import pytest
 
 from libs.schema import ConfigError, describe
 from steps.config import GrowthConfig, config_reference_markdown, load_config, load_config_file
+from steps.gap_zoo import GapZooConfig, load_gap_zoo_config_file
+from steps.gap_zoo import config_reference_markdown as gap_zoo_reference_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "config").glob("*.toml"))
+GAP_ZOO_CONFIGS = sorted((ROOT / "config" / "gap_zoo").glob("*.toml"))
 
 
 def test_the_shipped_configs_exist():
@@ -17,8 +20,6 @@ def test_the_shipped_configs_exist():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_config_file_parses(path):
-    if path.stem.startswith("gap_zoo"):
-        pytest.skip("GapZooFlow's config: parsed by tests/test_gap_zoo_flow.py")
     cfg = load_config_file(path)
     assert isinstance(cfg, GrowthConfig)
 
@@ -45,4 +46,26 @@ def test_readme_documents_every_key():
     readme = (ROOT / "README.md").read_text()
     assert config_reference_markdown() in readme, "regenerate the table: python -m steps.config"
     for row in describe(GrowthConfig):
+        assert f"`{row['key']}`" in readme
+
+
+def test_the_gap_zoo_configs_exist():
+    assert {p.stem for p in GAP_ZOO_CONFIGS} >= {"default", "tiny"}
+
+
+@pytest.mark.parametrize("path", GAP_ZOO_CONFIGS, ids=lambda p: f"gap_zoo/{p.name}")
+def test_every_gap_zoo_config_file_parses(path):
+    cfg = load_gap_zoo_config_file(path)
+    assert isinstance(cfg, GapZooConfig) and cfg.zoo.n_networks >= cfg.fit.min_networks
+
+
+def test_the_default_gap_zoo_is_big_enough():
+    cfg = load_gap_zoo_config_file(ROOT / "config" / "gap_zoo" / "default.toml")
+    assert cfg.zoo.n_networks >= 1000
+
+
+def test_readme_documents_every_gap_zoo_key():
+    readme = (ROOT / "README.md").read_text()
+    assert gap_zoo_reference_markdown() in readme, "regenerate the table: python -m steps.gap_zoo"
+    for row in describe(GapZooConfig):
         assert f"`{row['key']}`" in readme
