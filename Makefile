@@ -7,11 +7,12 @@ export HF_HUB_OFFLINE := 1
 
 .PHONY: setup run run-tiny test bench card-server
 
-$(VENV)/.installed: requirements.txt requirements-nodeps.txt
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
 setup: $(VENV)/.installed

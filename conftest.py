@@ -1,8 +1,6 @@
-"""Puts the repository root on sys.path so tests import `libs` and `steps` as the flows do."""
+"""Test-wide settings. `libs`, `steps` and `flows` import from the installed package (`pip install -e .`)."""
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")          # tests never reach a model hub
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -36,12 +36,10 @@ from multiprocessing import get_context
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def _init_worker(threads: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    sys.path.insert(0, str(ROOT))
     import torch
 
     torch.set_num_threads(threads)

@@ -8,7 +8,7 @@ Data. The default corpus (``--config``, default config/default.toml) is built on
 project's own stages and the config's seed: ``steps.prepare.run`` (documents, split, tokenizer,
 token arrays), then the selected subset at the config's budget: a uniform slice by default
 (``--selection uniform``, weights 1), or the config's own selection (``--selection config``:
-``steps.embed.run`` + ``steps.select.run``, importance weights as per-example loss weights). Every
+``steps.embed.run`` + ``steps.select_data.run``, importance weights as per-example loss weights). Every
 model below trains on that subset and is evaluated on the same validation rows.
 
 Per seed s = 0 .. ``--seeds`` - 1, one run side by side, with the one training loop
@@ -77,7 +77,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 GOAL_STEP_RATIO = 0.5
 CAPACITY_FAILED = "capacity check failed: the larger shape is not worth growing into at this budget"
@@ -134,10 +133,10 @@ def load_data(cfg, selection: str) -> BenchData:
         indices, _ = uniform_sample(n, min(budget, n), replace=False, random_state=cfg.seed).selected()
         weights, assignment, method = np.ones(len(indices)), None, "uniform slice (without replacement)"
     else:
-        from steps import embed, select
+        from steps import embed, select_data
 
         embeddings = embed.run(cfg.embed, p.train_texts, seed=cfg.seed).embeddings
-        chosen = select.run(dataclasses.replace(cfg.select, diagnostics=False), embeddings=embeddings,
+        chosen = select_data.run(dataclasses.replace(cfg.select, diagnostics=False), embeddings=embeddings,
                             train_tokens=p.train_tokens, train_lengths=p.train_lengths, val_tokens=p.val_tokens,
                             val_lengths=p.val_lengths, train_sources=p.train_sources, vocab_size=p.vocab_size,
                             seq_len=p.seq_len, seed=cfg.seed)

@@ -35,7 +35,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 GOAL_RATIO = 0.7
 SCALE_TARGET_SECONDS = 60.0
@@ -49,7 +48,7 @@ def _log(message: str) -> None:
 # the default corpus, its embeddings and the reference model's true losses
 
 def load_default(cache_dir: str | None, seed: int) -> dict:
-    from steps import embed, prepare, select
+    from steps import embed, prepare, select_data
     from steps.config import load_config_file
 
     cfg = load_config_file(ROOT / "config" / "default.toml")
@@ -67,7 +66,7 @@ def load_default(cache_dir: str | None, seed: int) -> dict:
             cache.parent.mkdir(parents=True, exist_ok=True)
             np.save(cache, embeddings)
     _log("select step with the default config (trains the reference model, computes every loss)")
-    selection = select.run(cfg.select, embeddings=embeddings, train_tokens=prepared.train_tokens,
+    selection = select_data.run(cfg.select, embeddings=embeddings, train_tokens=prepared.train_tokens,
                            train_lengths=prepared.train_lengths, val_tokens=prepared.val_tokens,
                            val_lengths=prepared.val_lengths, train_sources=prepared.train_sources,
                            vocab_size=prepared.vocab_size, seq_len=prepared.seq_len, seed=seed)
@@ -275,7 +274,7 @@ def downstream(ctx: dict, n_seeds: int, steps: int | None, arms: list[str]) -> d
 
     from libs.models import build_model, model_from_files
     from libs.training import train_model
-    from steps import select
+    from steps import select_data
 
     cfg, p = ctx["cfg"], ctx["prepared"]
     spec = cfg.pretrain_small.models[0]
@@ -291,7 +290,7 @@ def downstream(ctx: dict, n_seeds: int, steps: int | None, arms: list[str]) -> d
             for method in arms:
                 sel_cfg = dataclasses.replace(cfg.select, reference_model_path=folder, diagnostics=False,
                                               **DOWNSTREAM_ARMS[method])
-                s = select.run(sel_cfg, embeddings=ctx["embeddings"], train_tokens=p.train_tokens,
+                s = select_data.run(sel_cfg, embeddings=ctx["embeddings"], train_tokens=p.train_tokens,
                                train_lengths=p.train_lengths, val_tokens=p.val_tokens, val_lengths=p.val_lengths,
                                train_sources=p.train_sources, vocab_size=p.vocab_size, seq_len=p.seq_len, seed=seed,
                                progress=False)

@@ -36,7 +36,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 MFU_GOAL = 0.40
 # dense bf16 tensor-core peaks in TFLOP/s (vendor data sheets, without sparsity)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import tomllib
 
@@ -23,7 +22,6 @@ def parse_growth_config(text: str) -> dict:
 
     Raises ``ConfigError`` naming the file, the key, the value and what is allowed.
     """
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from libs.schema import ConfigError, to_dict
     from steps.config import load_config
 

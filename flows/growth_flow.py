@@ -11,14 +11,12 @@ as artifacts and draws its card. The logic lives in ``steps/`` and ``libs/``.
 import os
 import sys
 
+from metaflow import Config, FlowSpec, Parameter, card, config_expr, current, resources, retry, step
+
+from config_source import parse_growth_config  # flows/ is the script's folder, hence on the path
+from project_code import ship_project_code
+
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, _ROOT)
-
-from metaflow import (Config, FlowSpec, Parameter, card, config_expr, current, resources, retry,  # noqa: E402
-                      step)
-
-from config_source import parse_growth_config  # noqa: E402  (flows/ is on sys.path)
-from project_code import ship_project_code  # noqa: E402
 
 FAIL_ENV = "GROWTHFLOW_FAIL_AT_STEP"  # test-only switch: "<arm>:<step>" makes train_large crash there
 # (the same name as steps.train_large.FAIL_ENV, which the data-parallel ranks read)
@@ -103,23 +101,23 @@ class GrowthFlow(FlowSpec):
         self.embedder_name, self.embedder_version = result.embedder_name, result.embedder_version
         self.embed_seconds = result.seconds
         render(embed.report(result))
-        self.next(self.select)
+        self.next(self.select_data)
 
     @card(type="blank")
     @resources(cpu=config_expr("config.resources.select.cpu"), memory=config_expr("config.resources.select.memory"))
     @step
-    def select(self):
+    def select_data(self):
         """k-means sensitivity sampling: a small weighted subset whose weighted loss tracks the corpus."""
-        from steps import select
+        from steps import select_data
         from flow_cards import render
 
         cfg = _settings(self)
-        result = select.run(cfg.select, embeddings=self.embeddings, train_tokens=self.train_tokens,
+        result = select_data.run(cfg.select, embeddings=self.embeddings, train_tokens=self.train_tokens,
                             train_lengths=self.train_lengths, val_tokens=self.val_tokens,
                             val_lengths=self.val_lengths, train_sources=self.train_sources,
                             vocab_size=self.vocab_size, seq_len=self.seq_len, seed=cfg.seed)
         _keep(self, result, prefix="selection_")
-        render(select.report(result))
+        render(select_data.report(result))
         self.small_model_names = [m.name for m in cfg.pretrain_small.models]
         self.next(self.pretrain_small, foreach="small_model_names")
 

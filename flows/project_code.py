@@ -10,7 +10,6 @@ Argo tasks import them exactly as a local run does. Check with
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 from metaflow import FlowMutator
@@ -18,13 +17,6 @@ from metaflow.packaging_sys import ContentType
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_DIRS = {"libs": (".py",), "steps": (".py",), "config": (".toml", ".yaml", ".yml")}
-
-
-def add_repo_root_to_path() -> None:
-    """Local runs import ``libs``/``steps`` from the checkout; remote ones from the package root."""
-    root = str(REPO_ROOT)
-    if root not in sys.path:
-        sys.path.insert(0, root)
 
 
 def project_files() -> list[tuple[str, str]]:

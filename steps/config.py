@@ -19,7 +19,7 @@ from steps.grow import GrowConfig
 from steps.predict_gap import GapConfig
 from steps.prepare import PrepareConfig
 from steps.pretrain_small import PretrainSmallConfig
-from steps.select import SelectConfig
+from steps.select_data import SelectConfig
 from steps.train_large import TrainLargeConfig
 
 __all__ = ["GrowthConfig", "StepResources", "ResourcesConfig", "load_config", "load_config_file",

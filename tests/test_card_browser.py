@@ -34,10 +34,10 @@ FLOW = ROOT / "flows" / "growth_flow.py"
 TINY = ROOT / "config" / "tiny.toml"
 ARTIFACTS = ROOT / "artifacts" / "card_browser"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-STEPS = ["start", "prepare", "embed", "select", "pretrain_small", "join_small", "grow", "train_large",
+STEPS = ["start", "prepare", "embed", "select_data", "pretrain_small", "join_small", "grow", "train_large",
          "join_large", "predict_gap", "end"]
 LIVE_STEPS = {"pretrain_small", "train_large"}           # steps with a live loss card beside the main one
-FIGURE_STEPS = {"prepare", "embed", "select", "pretrain_small", "join_small", "train_large", "join_large",
+FIGURE_STEPS = {"prepare", "embed", "select_data", "pretrain_small", "join_small", "train_large", "join_large",
                 "predict_gap"}
 
 pytestmark = pytest.mark.slow
@@ -152,7 +152,7 @@ def _key_figures(task) -> list[str]:
     if step == "embed":
         n, dim = d.embeddings.shape
         return [f"{n} documents x {dim} dimensions"]
-    if step == "select":
+    if step == "select_data":
         return [f"Selected {len(d.selection_indices)} of {len(d.train_tokens)}", "Estimate check"]
     if step == "pretrain_small":
         r = d.small_result

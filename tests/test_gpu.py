@@ -79,8 +79,7 @@ def test_throughput_benchmark_runs_and_reports_its_figures(tmp_path):
 
 
 def test_known_gpu_peaks():
-    sys.path.insert(0, str(ROOT / "bench"))
-    from bench_throughput import peak_tflops
+    from bench.bench_throughput import peak_tflops
 
     assert peak_tflops("NVIDIA H100 80GB HBM3", None)[0] == pytest.approx(989.4)
     assert peak_tflops("NVIDIA H100 PCIe", None)[0] == pytest.approx(756.0)

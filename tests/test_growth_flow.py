@@ -66,7 +66,7 @@ def test_every_step_ran_and_has_a_card(tiny_run):
     from metaflow.cards import get_cards
 
     steps = {s.id for s in tiny_run}
-    assert steps == {"start", "prepare", "embed", "select", "pretrain_small", "join_small", "grow", "train_large",
+    assert steps == {"start", "prepare", "embed", "select_data", "pretrain_small", "join_small", "grow", "train_large",
                      "join_large", "predict_gap", "end"}
     for s in tiny_run:
         for task in s:
@@ -87,7 +87,7 @@ def test_prepare_artifacts(tiny_run):
 
 
 def test_select_artifacts(tiny_run):
-    d = _data(tiny_run, "select")
+    d = _data(tiny_run, "select_data")
     n = len(d.train_tokens)
     assert d.embeddings.shape[0] == n and np.isfinite(d.embeddings).all()
     idx, w = d.selection_indices, d.selection_weights
@@ -141,8 +141,8 @@ def test_same_seed_same_selection_and_metrics(tiny_run, datastore):
                 config=[("config", TINY)]).run() as running:
         assert running.status == "successful", running.stderr[-3000:]
         again = running.run
-    np.testing.assert_array_equal(_data(again, "select").selection_indices,
-                                  _data(tiny_run, "select").selection_indices)
+    np.testing.assert_array_equal(_data(again, "select_data").selection_indices,
+                                  _data(tiny_run, "select_data").selection_indices)
     assert _data(again, "join_large").large_final_val_loss == _data(tiny_run, "join_large").large_final_val_loss
     # the second run's predict_gap saw the first run's zoo rows (versioned data across runs)
     assert _data(again, "predict_gap").gap_n_earlier_rows > 0
@@ -163,7 +163,7 @@ def test_resume_continues_train_large_from_its_checkpoint(tiny_run, datastore, t
         resumed_id = resumed.run.id
     _client(tmp_path)
     origin, run = Run(f"GrowthFlow/{origin_id}"), Run(f"GrowthFlow/{resumed_id}")
-    for step in ("start", "prepare", "embed", "select", "join_small", "grow"):
+    for step in ("start", "prepare", "embed", "select_data", "join_small", "grow"):
         assert run[step].task.origin_pathspec == origin[step].task.pathspec, f"{step} was not cloned"
     large = {t.data.large_result.arm: t.data.large_result for t in run["train_large"]}
     assert large["grown"].resumed_from_step == 10       # tiny.toml checkpoints every 10 steps
@@ -194,7 +194,7 @@ def test_malformed_config_fails_before_any_step(tmp_path, datastore, tiny_run):
     _client(datastore)
     from metaflow import Flow
     assert Flow("GrowthFlow").latest_successful_run.successful
-    assert len(_data(tiny_run, "select").selection_indices) > 0
+    assert len(_data(tiny_run, "select_data").selection_indices) > 0
 
 
 @pytest.mark.parametrize("override, message", [

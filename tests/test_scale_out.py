@@ -24,9 +24,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOW = ROOT / "flows" / "growth_flow.py"
-STEPS = ["start", "prepare", "embed", "select", "pretrain_small", "join_small", "grow", "train_large",
+STEPS = ["start", "prepare", "embed", "select_data", "pretrain_small", "join_small", "grow", "train_large",
          "join_large", "predict_gap", "end"]
-FOREACH = {"select": "pretrain_small", "grow": "train_large"}   # fan-out step -> its foreach body
+FOREACH = {"select_data": "pretrain_small", "grow": "train_large"}   # fan-out step -> its foreach body
 BUCKET = "growthflow-test"
 
 

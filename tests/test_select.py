@@ -7,7 +7,7 @@ import pytest
 from libs.models import ModelSpec, model_from_files
 from libs.report import Figure, Markdown, Table
 from libs.training import TrainConfig
-from steps import select
+from steps import select_data
 
 SEQ_LEN, VOCAB = 16, 48
 
@@ -35,7 +35,7 @@ def inputs():
                 vocab_size=VOCAB, seq_len=SEQ_LEN, seed=0, progress=False)
 
 
-CFG = select.SelectConfig(budget_docs=30, n_clusters=4, diagnostic_seeds=4, kmeans_n_init=1,
+CFG = select_data.SelectConfig(budget_docs=30, n_clusters=4, diagnostic_seeds=4, kmeans_n_init=1,
                           reference_model=ModelSpec(n_layer=1, n_embd=16, n_head=2, n_inner=32),
                           reference_train=TrainConfig(steps=3, batch_size=8, warmup_steps=1, eval_every=3,
                                                       eval_batches=1))
@@ -43,7 +43,7 @@ CFG = select.SelectConfig(budget_docs=30, n_clusters=4, diagnostic_seeds=4, kmea
 
 @pytest.fixture(scope="module")
 def selected(inputs):
-    return select.run(CFG, **inputs)
+    return select_data.run(CFG, **inputs)
 
 
 def test_sensitivity_selection_contract(inputs, selected):
@@ -71,29 +71,29 @@ def test_sensitivity_selection_contract(inputs, selected):
 
 
 def test_same_seed_same_selection_and_shards_change_nothing(inputs, selected):
-    again = select.run(CFG, **inputs)
+    again = select_data.run(CFG, **inputs)
     np.testing.assert_array_equal(again.indices, selected.indices)
     np.testing.assert_array_equal(again.weights, selected.weights)
-    sharded = select.run(dataclasses.replace(CFG, n_shards=3), **inputs)
+    sharded = select_data.run(dataclasses.replace(CFG, n_shards=3), **inputs)
     np.testing.assert_array_equal(sharded.indices, selected.indices)
     np.testing.assert_allclose(sharded.raw_weights, selected.raw_weights, rtol=1e-10)
-    other = select.run(CFG, **{**inputs, "seed": 1})
+    other = select_data.run(CFG, **{**inputs, "seed": 1})
     assert not np.array_equal(other.indices, selected.indices)
 
 
 @pytest.mark.parametrize("method", ["sensitivity_distance", "uniform", "stratified", "kcenter"])
 def test_every_method_shares_the_api_and_the_card(inputs, method):
-    s = select.run(dataclasses.replace(CFG, method=method), **inputs)
+    s = select_data.run(dataclasses.replace(CFG, method=method), **inputs)
     assert len(s.indices) > 0 and np.isfinite(s.weights).all() and s.weights.mean() == pytest.approx(1.0)
     assert s.probabilities.sum() == pytest.approx(1.0)
     assert s.n_loss_queries == 0                                # only sensitivity needs the model to select
     assert np.isfinite(s.diagnostics["median_relative_error"])
-    items = select.report(s)
+    items = select_data.report(s)
     assert any(isinstance(i, Figure) for i in items) and any(isinstance(i, Table) for i in items)
 
 
 def test_report_shows_the_estimate_check_and_composition(selected):
-    items = select.report(selected)
+    items = select_data.report(selected)
     text = "\n".join(i.text for i in items if isinstance(i, Markdown))
     assert "Estimate check" in text and "Hölder ratios" in text and "loss queries" in text
     titles = [i.title for i in items if isinstance(i, Table)]
@@ -106,40 +106,40 @@ def test_report_shows_the_estimate_check_and_composition(selected):
 
 def test_reference_model_from_a_local_folder(inputs, selected, tmp_path):
     model_from_files(selected.reference_model_files).save_pretrained(tmp_path)
-    s = select.run(dataclasses.replace(CFG, reference_model_path=str(tmp_path)), **inputs)
+    s = select_data.run(dataclasses.replace(CFG, reference_model_path=str(tmp_path)), **inputs)
     np.testing.assert_allclose(s.losses, selected.losses, rtol=1e-5)
     assert s.diagnostics["reference"]["train_tokens"] == 0
     with pytest.raises(ValueError, match="is not a folder"):
-        select.run(dataclasses.replace(CFG, reference_model_path=str(tmp_path / "missing")), **inputs)
+        select_data.run(dataclasses.replace(CFG, reference_model_path=str(tmp_path / "missing")), **inputs)
     with pytest.raises(ValueError, match="vocab_size 48 but the tokenizer has 100"):
-        select.run(dataclasses.replace(CFG, reference_model_path=str(tmp_path)), **{**inputs, "vocab_size": 100})
+        select_data.run(dataclasses.replace(CFG, reference_model_path=str(tmp_path)), **{**inputs, "vocab_size": 100})
 
 
 def test_without_diagnostics_the_model_answers_the_queries(inputs, selected):
-    s = select.run(dataclasses.replace(CFG, diagnostics=False), **inputs)
+    s = select_data.run(dataclasses.replace(CFG, diagnostics=False), **inputs)
     assert len(s.losses) == 0 and "true_mean_loss" not in s.diagnostics
     np.testing.assert_array_equal(s.center_indices, selected.center_indices)
     assert s.n_loss_queries == selected.n_loss_queries
-    assert len(select.report(s)) >= 4
-    baseline = select.run(dataclasses.replace(CFG, method="uniform", diagnostics=False), **inputs)
+    assert len(select_data.report(s)) >= 4
+    baseline = select_data.run(dataclasses.replace(CFG, method="uniform", diagnostics=False), **inputs)
     assert baseline.reference_model_files == {} and baseline.reference_seconds == 0
 
 
 def test_clear_errors(inputs):
     with pytest.raises(ValueError, match="budget_docs=121 is larger than the 120 training documents"):
-        select.run(dataclasses.replace(CFG, budget_docs=121), **inputs)
+        select_data.run(dataclasses.replace(CFG, budget_docs=121), **inputs)
     with pytest.raises(ValueError, match="embeddings has 3 rows but there are 120 training documents"):
-        select.run(CFG, **{**inputs, "embeddings": inputs["embeddings"][:3]})
+        select_data.run(CFG, **{**inputs, "embeddings": inputs["embeddings"][:3]})
     with pytest.raises(ValueError, match="train_sources has 119 rows"):
-        select.run(CFG, **{**inputs, "train_sources": inputs["train_sources"][:-1]})
+        select_data.run(CFG, **{**inputs, "train_sources": inputs["train_sources"][:-1]})
     bad = inputs["embeddings"].copy()
     bad[5, 0] = np.inf
     with pytest.raises(ValueError, match="NaN or infinite values in 1 rows \\(first: row 5\\)"):
-        select.run(CFG, **{**inputs, "embeddings": bad})
+        select_data.run(CFG, **{**inputs, "embeddings": bad})
     with pytest.raises(ValueError, match="n_clusters=130 is larger than the 120 training documents"):
-        select.run(dataclasses.replace(CFG, n_clusters=130, budget_docs=0, budget=1.0), **inputs)
+        select_data.run(dataclasses.replace(CFG, n_clusters=130, budget_docs=0, budget=1.0), **inputs)
     with pytest.raises(ValueError, match="n_clusters=30 leaves none of the budget of 30 documents"):
-        select.run(dataclasses.replace(CFG, n_clusters=30), **inputs)
+        select_data.run(dataclasses.replace(CFG, n_clusters=30), **inputs)
     dup = np.repeat(inputs["embeddings"][:2], 60, axis=0)
     with pytest.raises(ValueError, match="clusters empty"):
-        select.run(CFG, **{**inputs, "embeddings": dup})
+        select_data.run(CFG, **{**inputs, "embeddings": dup})

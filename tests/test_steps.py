@@ -6,7 +6,7 @@ import pytest
 
 from libs.models import ModelSpec, build_model, model_from_files, model_to_files
 from libs.training import TrainConfig
-from steps import embed, end, grow, join_large, prepare, select
+from steps import embed, end, grow, join_large, prepare, select_data
 
 TINY_PREPARE = prepare.PrepareConfig(max_docs_per_source=40, chunk_chars=300, vocab_size=400, seq_len=32)
 
@@ -39,14 +39,14 @@ def test_prepare_config_errors():
 def selected(prepared):
     r = prepared
     e = embed.run(embed.EmbedConfig(method="tfidf", tfidf_dim=8), r.train_texts, seed=0)
-    cfg = select.SelectConfig(budget=0.4, n_clusters=4, diagnostic_seeds=3,
+    cfg = select_data.SelectConfig(budget=0.4, n_clusters=4, diagnostic_seeds=3,
                               reference_model=ModelSpec(n_layer=1, n_embd=16, n_head=2),
                               reference_train=TrainConfig(steps=4, batch_size=4, warmup_steps=1, eval_every=4,
                                                           eval_batches=1))
     args = dict(embeddings=e.embeddings, train_tokens=r.train_tokens, train_lengths=r.train_lengths,
                 val_tokens=r.val_tokens, val_lengths=r.val_lengths, train_sources=r.train_sources,
                 vocab_size=r.vocab_size, seq_len=r.seq_len, seed=0, progress=False)
-    return cfg, args, select.run(cfg, **args)
+    return cfg, args, select_data.run(cfg, **args)
 
 
 def test_select_returns_weighted_unique_rows(selected):
@@ -63,14 +63,14 @@ def test_select_returns_weighted_unique_rows(selected):
     assert (np.round(counts) >= 1).all() and np.round(counts).sum() == s.n_draws
     d = s.diagnostics
     assert np.isfinite(d["true_mean_loss"]) and np.isfinite(d["uniform_median_relative_error"])
-    again = select.run(cfg, **args)
+    again = select_data.run(cfg, **args)
     np.testing.assert_array_equal(again.indices, s.indices)        # same seed, same selection
 
 
 @pytest.mark.parametrize("method", ["uniform", "stratified", "kcenter", "sensitivity_distance"])
 def test_select_methods_share_the_api(selected, method):
     cfg, args, _ = selected
-    s = select.run(dataclasses.replace(cfg, method=method), **args)
+    s = select_data.run(dataclasses.replace(cfg, method=method), **args)
     assert len(s.indices) > 0 and np.isfinite(s.weights).all()
 
 
@@ -78,9 +78,9 @@ def test_select_budget_larger_than_data(selected):
     cfg, args, _ = selected
     n = len(args["train_tokens"])
     with pytest.raises(ValueError, match=f"budget_docs={n + 1} is larger than the {n} training documents"):
-        select.run(dataclasses.replace(cfg, budget_docs=n + 1), **args)
+        select_data.run(dataclasses.replace(cfg, budget_docs=n + 1), **args)
     with pytest.raises(ValueError, match="embeddings has 3 rows"):
-        select.run(cfg, **{**args, "embeddings": args["embeddings"][:3]})
+        select_data.run(cfg, **{**args, "embeddings": args["embeddings"][:3]})
 
 
 def test_grow_step_fuses_and_reports(prepared):
