@@ -13,8 +13,9 @@ import sys
 
 from metaflow import Config, FlowSpec, Parameter, card, config_expr, current, resources, retry, step
 
-from config_source import parse_growth_config  # flows/ is the script's folder, hence on the path
+from config_source import config_parser, settings_of, validated_settings  # flows/ is the script's folder
 from project_code import ship_project_code
+from steps.config import GrowthConfig
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,15 +23,9 @@ FAIL_ENV = "GROWTHFLOW_FAIL_AT_STEP"  # test-only switch: "<arm>:<step>" makes t
 # (the same name as steps.train_large.FAIL_ENV, which the data-parallel ranks read)
 
 
-def _settings(flow):
-    """The run's validated config (seed and budget taken from the run's parameters)."""
-    from steps.config import load_config, to_dict
-    import dataclasses
-
-    cfg = load_config(dict(flow.config), source="config")
-    cfg = dataclasses.replace(cfg, seed=flow.seed,
-                              select=dataclasses.replace(cfg.select, budget=float(flow.budget)))
-    return load_config(to_dict(cfg), source="run parameters (--seed/--budget)")
+def _settings(flow) -> GrowthConfig:
+    """The run's typed config, from the ``settings`` artifact that ``start`` validated once."""
+    return settings_of(GrowthConfig, flow.settings)
 
 
 def _share_cpus(n_branches: int) -> None:
@@ -55,7 +50,8 @@ class GrowthFlow(FlowSpec):
     """Train a large transformer for less compute: selection, small models, growth, large model, gap."""
 
     # the default is found from any working directory (run and resume need not start in the repository)
-    config = Config("config", default=os.path.join(_ROOT, "config", "default.toml"), parser=parse_growth_config)
+    config = Config("config", default=os.path.join(_ROOT, "config", "default.toml"),
+                    parser=config_parser(GrowthConfig, "config/default.toml"))
     seed = Parameter("seed", type=int, default=config_expr("config.seed"),
                      help="seeds every stage; the same config and seed give the same selection and metrics")
     budget = Parameter("budget", type=float, default=config_expr("config.select.budget"),
@@ -65,11 +61,11 @@ class GrowthFlow(FlowSpec):
     @step
     def start(self):
         """Validate the configuration before any work starts."""
-        from libs.schema import to_dict
         from steps.config import describe_run
-
-        self.settings = to_dict(_settings(self))
         from flow_cards import render
+
+        self.settings = validated_settings(GrowthConfig, self.config,
+                                           {"seed": self.seed, "select.budget": float(self.budget)})
         render(describe_run(self.settings))
         self.next(self.prepare)
 

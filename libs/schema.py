@@ -16,7 +16,8 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["ConfigError", "option", "parse", "describe", "to_dict"]
+__all__ = ["ConfigError", "option", "parse", "load_toml", "describe", "to_dict", "settings_rows",
+           "reference_markdown"]
 
 
 class ConfigError(ValueError):
@@ -162,6 +163,17 @@ def parse(cls: type, data: Mapping[str, Any], *, source: str = "config", prefix:
         raise ConfigError(f"{source}: {prefix.rstrip('.') or 'config'}: {exc}") from exc
 
 
+def load_toml(cls: type, text: str, *, source: str) -> Any:
+    """Parse TOML ``text`` and validate it into ``cls`` (one :class:`ConfigError` naming ``source`` on a problem)."""
+    import tomllib
+
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    return parse(cls, data, source=source)
+
+
 def to_dict(obj: Any) -> Any:
     """The plain-dict (TOML-shaped) form of a config dataclass."""
     if dataclasses.is_dataclass(obj):
@@ -209,3 +221,30 @@ def describe(cls: type, prefix: str = "", instance: Any = None) -> list[dict[str
         rows.append({"key": key, "type": _type_name(tp), "default": default,
                      "allowed": ", ".join(allowed), "doc": meta.get("doc", "")})
     return rows
+
+
+def settings_rows(settings: Mapping[str, Any]) -> list[list[str]]:
+    """``[dotted key, repr(value)]`` for every leaf of a validated settings dict (the start steps' cards)."""
+    rows: list[list[str]] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        elif isinstance(value, list) and value and isinstance(value[0], Mapping):
+            for i, v in enumerate(value):
+                walk(f"{prefix}[{i}]", v)
+        else:
+            rows.append([prefix, repr(value)])
+
+    walk("", settings)
+    return rows
+
+
+def reference_markdown(cls: type) -> str:
+    """The README's configuration table for ``cls``, generated from its fields' docs."""
+    lines = ["| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
+    for row in describe(cls):
+        cells = [f"`{row['key']}`", row["type"], f"`{row['default']}`", row["allowed"], row["doc"]]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)

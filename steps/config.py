@@ -8,12 +8,11 @@ starts and names the file, the key, the value and what is allowed on a problem.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from libs.schema import ConfigError, describe, option, parse, to_dict
+from libs.schema import ConfigError, load_toml, option, parse, reference_markdown, settings_rows, to_dict
 from steps.embed import EmbedConfig
 from steps.grow import GrowConfig
 from steps.predict_gap import GapConfig
@@ -73,42 +72,21 @@ def load_config_file(path: str | Path) -> GrowthConfig:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; pass an existing TOML file "
                           "(the shipped ones are in config/)")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    return load_config(data, source=str(path))
+    return load_toml(GrowthConfig, path.read_text(), source=str(path))
 
 
 def describe_run(settings: Mapping[str, Any]) -> list:
     """The start step's card: the validated settings, one row per key."""
     from libs.report import Markdown, Table
 
-    rows = []
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, Mapping):
-            for k, v in value.items():
-                walk(f"{prefix}.{k}" if prefix else k, v)
-        elif isinstance(value, list) and value and isinstance(value[0], Mapping):
-            for i, v in enumerate(value):
-                walk(f"{prefix}[{i}]", v)
-        else:
-            rows.append([prefix, repr(value)])
-
-    walk("", settings)
     return [Markdown(f"## GrowthFlow run, seed {settings['seed']}\n\nThe configuration was validated before any "
                      "work started; every key below is documented in the README's configuration table."),
-            Table(["key", "value"], rows, title="Settings")]
+            Table(["key", "value"], settings_rows(settings), title="Settings")]
 
 
 def config_reference_markdown() -> str:
     """The README's configuration table, generated from the dataclasses' docs."""
-    lines = ["| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
-    for row in describe(GrowthConfig):
-        cells = [f"`{row['key']}`", row["type"], f"`{row['default']}`", row["allowed"], row["doc"]]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    return "\n".join(lines)
+    return reference_markdown(GrowthConfig)
 
 
 if __name__ == "__main__":
