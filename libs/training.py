@@ -320,9 +320,9 @@ def train_model(model: torch.nn.Module, train_tokens: np.ndarray, train_lengths:
     if start_step == 0:
         evaluate(0, float("nan"))
     bar = None
-    if progress and rank == 0:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=cfg.steps, initial=start_step, desc=label, file=sys.stderr, mininterval=2.0)
+    if progress and rank == 0:              # plain lines: Metaflow's logs drop tqdm's carriage returns
+        from libs.progress import Progress
+        bar = Progress(cfg.steps, label, unit="steps", initial=start_step, every_s=10.0)
     last_good = str(ckpt_path) if (ckpt_path is not None and ckpt_path.exists()) else "none (no checkpoint saved yet)"
     for step in range(start_step, cfg.steps):
         for group in optimizer.param_groups:
@@ -359,9 +359,7 @@ def train_model(model: torch.nn.Module, train_tokens: np.ndarray, train_lengths:
         running = step_loss if not math.isfinite(running) else 0.9 * running + 0.1 * step_loss
         done = step + 1
         if bar is not None:
-            elapsed = time.perf_counter() - t0
-            bar.set_postfix(loss=f"{running:.3f}", tok_s=f"{tokens_this_run / max(elapsed, 1e-9):,.0f}", refresh=False)
-            bar.update(1)
+            bar.update(1, note=f"loss {running:.3f}")
         if done % cfg.eval_every == 0 or done == cfg.steps:
             evaluate(done, running)
         if ckpt_path is not None and cfg.checkpoint_every and (done % cfg.checkpoint_every == 0) and done < cfg.steps:
