@@ -1,13 +1,15 @@
 """libs.corpus: built-in sources, user files, the datasets code path (offline), chunking, dedup, cap, split."""
 import json
+import random
 import sysconfig
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from libs.corpus import (BUILTIN_SOURCES, CorpusError, build_documents, chunk_text, document_id,
+from libs.corpus import (BUILTIN_SOURCES, CorpusError, build_documents, check_files, chunk_text, document_id,
                          normalise_whitespace, read_files, read_hf_dataset, read_source)
 
 
@@ -90,6 +92,30 @@ def test_long_lines_are_cut_at_spaces_and_hard_only_without_spaces():
     assert all(tok.startswith("w") and len(tok) == 5 for c in chunks for tok in c.split())   # no word split
     hard = chunk_text("x" * 1000, 100, 1)
     assert [len(c) for c in hard] == [100] * 10
+
+
+def _one_line(n_chars: int, seed: int = 0) -> str:
+    rng = random.Random(seed)
+    return " ".join(f"w{rng.randrange(10 ** 6)}" for _ in range(n_chars // 7 + 1))[:n_chars]
+
+
+def _chunk_seconds(text: str, chunk_chars: int = 600) -> float:
+    best = float("inf")
+    for _ in range(3):                                            # the fastest of 3: the machine is shared
+        t0 = time.perf_counter()
+        chunk_text(text, chunk_chars, 64)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def test_chunking_one_long_line_is_linear_in_its_length():
+    """10x the characters on one line must cost about 10x the time (it was quadratic: ~50x and growing)."""
+    small, large = _one_line(1_000_000), _one_line(10_000_000, seed=1)
+    chunks = chunk_text(large, 600, 1)
+    assert " ".join(chunks).split() == large.split()              # nothing lost, no word split
+    assert all(len(c) <= 600 for c in chunks)
+    ratio = _chunk_seconds(large) / max(_chunk_seconds(small), 1e-4)
+    assert ratio < 30, f"chunking 10 MB took {ratio:.0f}x the time of 1 MB: not linear"
 
 
 def test_chunks_keep_code_indentation_and_trim_blank_edges():
@@ -247,6 +273,49 @@ def test_user_file_errors(tmp_path):
     fails(tmp_path / "z.csv", "unsupported file type '.csv'; use .txt")
     with pytest.raises(CorpusError, match="must be a list of paths or globs"):
         list(read_files(str(tmp_path / "x.jsonl")))
+
+
+def test_binary_and_non_utf8_text_files_are_refused_naming_the_file(tmp_path):
+    binary = tmp_path / "image.txt"
+    rng = np.random.default_rng(0)
+    data = rng.integers(1, 256, 3000, dtype=np.uint8)
+    data[rng.random(3000) < 0.3] = 0                               # 30% NUL bytes, as in the report
+    binary.write_bytes(data.tobytes())
+    for call in (lambda: list(read_files([str(binary)])), lambda: check_files([str(binary)])):
+        with pytest.raises(CorpusError, match=rf"{binary}: binary content, not text \(\d+ NUL bytes"):
+            call()
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("first line\nna\u00efve caf\u00e9\n".encode("latin-1"))
+    for call in (lambda: list(read_files([str(latin)])), lambda: check_files([str(latin)])):
+        with pytest.raises(CorpusError, match=rf"{latin}: not UTF-8 text \(byte 0xef at byte 13, line 2\); "
+                                              "re-encode it as UTF-8"):
+            call()
+    nul_jsonl = tmp_path / "rows.jsonl"
+    nul_jsonl.write_bytes(b'{"text": "fine"}\n\x00\x00\x00\n')
+    with pytest.raises(CorpusError, match=f"{nul_jsonl}: binary content"):
+        check_files([str(nul_jsonl)])
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes("\ufeffhello".encode("utf-8"))
+    assert list(read_files([str(bom)])) == [(f"file:{bom}", "hello")]
+
+
+def test_check_files_finds_file_problems_before_any_reading(tmp_path):
+    (tmp_path / "a.txt").write_text("some text")
+    pd.DataFrame({"text": ["x"]}).to_parquet(tmp_path / "b.parquet")
+    assert check_files([str(tmp_path / "*.txt"), str(tmp_path / "b.parquet")]) == \
+        [tmp_path / "a.txt", tmp_path / "b.parquet"]
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(CorpusError, match=f"{tmp_path / 'empty.txt'}: the file is empty"):
+        check_files([str(tmp_path / "*.txt")])
+    with pytest.raises(CorpusError, match="matched no file"):
+        check_files([str(tmp_path / "nothing" / "*.txt")])
+    with pytest.raises(CorpusError, match=r"no column 'body'"):
+        check_files([str(tmp_path / "b.parquet")], text_field="body")
+    (tmp_path / "c.csv").write_text("a,b\n")
+    with pytest.raises(CorpusError, match="unsupported file type '.csv'"):
+        check_files([str(tmp_path / "c.csv")])
+    with pytest.raises(CorpusError, match="must be a list"):
+        check_files(str(tmp_path / "a.txt"))
 
 
 # ------------------------------------------------------------------------------------------- Hugging Face datasets
