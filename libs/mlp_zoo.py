@@ -12,7 +12,7 @@ size is per network by masking: every step draws for each network a random subse
 replacement) of its own training set, of the largest batch size, and a network with batch size
 b uses its first b examples.
 
-Each trained network yields one row: its gap features (``libs.gap_features.mlp_gap_features``,
+Each trained network yields one row: its gap features (``libs.spiral_features.mlp_gap_features``,
 training data only), its measured gap (test error - train error, and test loss - train
 loss), its task and its hyperparameters.
 """
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from libs.gap_features import knn_loo_error, median_nn_distance, mlp_gap_features, smoothed_probes
+from libs.spiral_features import knn_loo_error, median_nn_distance, mlp_gap_features, smoothed_probes
 from libs.spiral import SpiralData, SpiralTask
 
 __all__ = ["NetworkSpec", "sample_tasks", "sample_networks", "train_networks", "learning_rate"]

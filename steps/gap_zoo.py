@@ -1,9 +1,9 @@
 """GapZooFlow's stages: train a zoo of spiral MLPs shard by shard, then fit and score gap predictors.
 
 ``run_shard`` trains the networks of a few spiral tasks (``libs.mlp_zoo``) and returns one row
-per network: gap features from training data only (``libs.gap_features``), the measured gap
+per network: gap features from training data only (``libs.spiral_features``), the measured gap
 (test error - train error; test loss - train loss kept beside it), the task and the
-hyperparameters. ``fit`` scores every predictor (``libs.gap_predictors``) on every grouped
+hyperparameters. ``fit`` scores every predictor (``libs.spiral_predictors``) on every grouped
 split (R² with a bootstrap interval, Kendall τ, the PGDL-style CMI score), then fits each on the
 whole zoo. ``report`` draws the card. The reference figures are Yak, Gonzalvo & Mazzawi (2019):
 DNN R² = 0.965, RNN R² = 0.584 in their harder out-of-distribution setting.
@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from libs.gap_predictors import (SPLITS, ZOO_PREDICTORS, ZooPredictor, bootstrap_r2, conditional_mutual_information,
-                                 feature_matrix, kendall_tau, r2_score, split_folds)
+from libs.gap_predictors import feature_matrix, kendall_tau, r2_score
+from libs.spiral_predictors import (SPLITS, ZOO_PREDICTORS, ZooPredictor, bootstrap_r2, conditional_mutual_information,
+                                    split_folds)
 from libs.report import Figure, Markdown, Table
 from libs.schema import ConfigError, option, parse
 
@@ -188,7 +189,7 @@ def run_shard(cfg: ZooConfig, task_indices: list[int], *, seed: int) -> ShardRes
 def zoo_inputs(rows: list[dict], names: list[str] | None = None) -> tuple[np.ndarray, list[str], list]:
     """Flat feature matrix (n, f) and the per-layer signature sequences of zoo rows.
 
-    Columns: the network's gap features (``libs.gap_features.mlp_gap_features``, plus the task's
+    Columns: the network's gap features (``libs.spiral_features.mlp_gap_features``, plus the task's
     ``train_knn_error`` and ``log_nn_distance``), and what is known without any test data: depth,
     log2 width, number of classes (the output width) and log training-set size.
     """

@@ -11,11 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from libs.gap_features import (SIGNATURE_STATS, knn_loo_error, margin_signature, median_nn_distance, mlp_activations,
-                               mlp_gap_features, mlp_geometric_complexity, mlp_layer_margins, mlp_perturbed_error,
-                               signature_of)
-from libs.gap_predictors import (SPLITS, ZOO_PREDICTORS, LayerSequenceRegressor, ZooPredictor, bootstrap_r2,
-                                 conditional_mutual_information, r2_score, split_folds)
+from libs.gap_features import margin_signature
+from libs.gap_predictors import r2_score
+from libs.spiral_features import (SIGNATURE_STATS, knn_loo_error, median_nn_distance, mlp_activations, mlp_gap_features,
+                                  mlp_geometric_complexity, mlp_layer_margins, mlp_perturbed_error, signature_of)
+from libs.spiral_predictors import (SPLITS, ZOO_PREDICTORS, LayerSequenceRegressor, ZooPredictor, bootstrap_r2,
+                                    conditional_mutual_information, split_folds)
 from libs.mlp_zoo import (NetworkSpec, _evaluate, _train_group, learning_rate, sample_networks, sample_tasks,
                           train_networks)
 from libs.spiral import SpiralTask, make_spiral_data, sample_spiral
@@ -593,6 +594,6 @@ def test_project_code_travels_with_the_flow(tmp_path):
                          env={**os.environ, **_env(tmp_path)}, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     listed = out.stdout + out.stderr
-    for path in ("libs/spiral.py", "libs/mlp_zoo.py", "libs/gap_features.py", "libs/gap_predictors.py",
+    for path in ("libs/spiral.py", "libs/mlp_zoo.py", "libs/spiral_features.py", "libs/spiral_predictors.py",
                  "steps/gap_zoo.py", "config/gap_zoo/default.toml", "config/gap_zoo/tiny.toml"):
         assert path in listed, f"`package list` lacks {path}"
