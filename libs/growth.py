@@ -74,6 +74,15 @@ same ``x``, output copy ``o`` is ``W x + Σ_i N_oi x = W x``. The output head ge
 copies different gradients, so they drift apart. An uneven split of the head as in LEMON
 (``[αW, (1-α)W]``) is the special case of a noise proportional to ``W``; a scalar split of
 this kind is largely undone by Adam's per-coordinate normalisation, random noise is not.
+HyperCloning's noise is about 10 dB below the weights (``noise_std`` ≈ 0.32 of each block's
+std); 0.01 is 40 dB below and barely separates the copies in a few hundred steps.
+``tiling='full'`` is HyperCloning's tiling: every block of a map on the duplicated stream is
+``W / k`` (not ``W`` on the diagonal and 0 elsewhere), so each output copy reads every input
+copy; the copies carry the same stream, so the output is again ``W x`` (exact).
+
+Tied heads: :func:`center_residual_stream` and :func:`scale_residual_stream` edit the token
+table; with a tied head that edit would reach the logits, so such a model comes back untied
+(its head the original table) and its function is unchanged; fusion always unties.
 
 Stacking (:func:`stack_layers`)
 -------------------------------
@@ -98,7 +107,7 @@ from transformers import PreTrainedModel
 
 from libs.models import model_shape
 
-__all__ = ["GrowthError", "check_fusable", "fuse_models", "self_fuse", "stack_layers",
+__all__ = ["GrowthError", "TILINGS", "check_fusable", "fuse_models", "self_fuse", "noise_std_for_snr_db", "stack_layers",
            "center_residual_stream", "scale_residual_stream", "residual_log_rms", "components_identical",
            "preservation_error", "copy_asymmetry"]
 
@@ -282,13 +291,15 @@ def center_residual_stream(model: PreTrainedModel) -> PreTrainedModel:
     """A copy of a LayerNorm (GPT-2) model whose residual stream has zero mean at every token.
 
     Exactly function-preserving (module doc, point 1): every row of the token and position
-    tables and the output of every stream-writing map (weights and biases) is centred.
+    tables and the output of every stream-writing map (weights and biases) is centred. A model
+    with a tied head comes back untied, its head the original token table (the centred table
+    must not reach the logits).
     """
     layout = _layout(model)
     if layout.family != "gpt2":
         raise GrowthError(f"center_residual_stream needs LayerNorm (gpt2); {layout.family} uses RMSNorm, which "
                           "does not subtract the mean, so centring its stream would change its function")
-    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    sd, config = _untied_state(model, layout)
     for name in layout.embeddings:
         sd[name] -= sd[name].mean(dim=1, keepdim=True)                    # (rows, E)
     for i in range(model_shape(model)["n_layer"]):
@@ -296,7 +307,25 @@ def center_residual_stream(model: PreTrainedModel) -> PreTrainedModel:
             p = f"{layout.layer_prefix}{i}.{suffix}"
             sd[p + ".weight"] -= sd[p + ".weight"].mean(dim=1, keepdim=True)   # Conv1D (in, E)
             sd[p + ".bias"] -= sd[p + ".bias"].mean()
-    return _instantiate(model, copy.deepcopy(model.config), sd)
+    return _instantiate(model, config, sd)
+
+
+def _untied_state(model: PreTrainedModel, layout: _Layout) -> tuple[dict[str, torch.Tensor], object]:
+    """A cloned state dict and config copy in which the output head is its own tensor.
+
+    The reparametrisations below edit the token table but must leave the head as it is: with a
+    tied head the edit would reach the logits (``W_head z`` with an edited ``W_head``), and on
+    load ``tie_weights`` would overwrite the head with the edited table. So a tied model comes
+    back untied, its head a copy of the original token table: exactly the same function, one
+    (vocab x width) matrix more to train.
+    """
+    state = model.state_dict()
+    sd = {k: v.clone() for k, v in state.items()}
+    config = copy.deepcopy(model.config)
+    if getattr(config, "tie_word_embeddings", False):
+        sd[layout.head] = state[layout.embeddings[0]].clone()
+        config.tie_word_embeddings = False
+    return sd, config
 
 
 def scale_residual_stream(model: PreTrainedModel, factor: float, *, scale_eps: bool = True) -> PreTrainedModel:
@@ -304,12 +333,14 @@ def scale_residual_stream(model: PreTrainedModel, factor: float, *, scale_eps: b
 
     Multiplies the embedding tables and every stream-writing map (weights and biases) by
     ``factor``; every norm divides the factor out again. Exact when ``scale_eps`` (the norm
-    epsilon is multiplied by ``factor²``), exact up to ``ε / σ²`` otherwise.
+    epsilon is multiplied by ``factor²``), exact up to ``ε / σ²`` otherwise. A model with a tied
+    head comes back untied, its head the original token table (the scaled table must not reach
+    the logits).
     """
     if not (factor > 0 and math.isfinite(factor)):
         raise GrowthError(f"factor must be a positive finite number, got {factor!r}")
     layout = _layout(model)
-    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    sd, config = _untied_state(model, layout)
     for name in layout.embeddings:
         sd[name] *= factor
     for i in range(model_shape(model)["n_layer"]):
@@ -318,7 +349,6 @@ def scale_residual_stream(model: PreTrainedModel, factor: float, *, scale_eps: b
                 name = f"{layout.layer_prefix}{i}.{suffix}.{param}"
                 if name in sd:
                     sd[name] *= factor
-    config = copy.deepcopy(model.config)
     if scale_eps:
         field = "layer_norm_epsilon" if layout.family == "gpt2" else "rms_norm_eps"
         setattr(config, field, getattr(config, field) * factor ** 2)
@@ -430,7 +460,21 @@ def _fuse_state(sds: list[dict[str, torch.Tensor]], layout: _Layout, n_layer: in
 # Self-fusion with symmetry breaking
 
 
-def self_fuse(model: PreTrainedModel, *, n_copies: int = 2, noise_std: float = 0.0,
+TILINGS = ("diagonal", "full")
+
+
+def noise_std_for_snr_db(snr_db: float) -> float:
+    """The ``noise_std`` whose noise power lies ``snr_db`` decibels below the signal's: ``10^(-dB/20)``.
+
+    HyperCloning's symmetry-breaking noise is about 10 dB below the weights (``noise_std`` ≈ 0.32);
+    0.01 is 40 dB below.
+    """
+    if not math.isfinite(snr_db):
+        raise GrowthError(f"snr_db must be finite, got {snr_db!r}")
+    return 10.0 ** (-snr_db / 20.0)
+
+
+def self_fuse(model: PreTrainedModel, *, n_copies: int = 2, noise_std: float = 0.0, tiling: str = "diagonal",
               random_state: int | None = 0) -> PreTrainedModel:
     """Multiply ``model``'s width by ``n_copies`` by fusing it with itself; exactly function-preserving.
 
@@ -438,16 +482,24 @@ def self_fuse(model: PreTrainedModel, *, n_copies: int = 2, noise_std: float = 0
     ----------
     n_copies : how many copies (2 doubles the width).
     noise_std : symmetry-breaking noise that cancels in the function (module doc), as a
-        fraction of the standard deviation of each weight block it is added to. 0 gives an
-        exact clone, whose copies stay identical under training.
+        fraction of the standard deviation of each weight block it is added to (power ratio
+        ``noise_std²``: 0.32 is HyperCloning's ~10 dB below the signal, 0.01 is 40 dB;
+        :func:`noise_std_for_snr_db`). 0 gives an exact clone, whose copies stay identical
+        under training unless ``tiling='full'`` mixes them.
+    tiling : ``'diagonal'`` (Deep Fusion: each copy reads only its own slice, block ``W`` on the
+        diagonal and 0 elsewhere) or ``'full'`` (HyperCloning: every block ``W / n_copies``, so
+        each output copy reads every input copy; since the copies carry the same stream,
+        ``Σ_i (W / n) x = W x``: exact as well).
     random_state : seed of the noise.
     """
     if not isinstance(n_copies, int) or n_copies < 2:
         raise GrowthError(f"n_copies must be an integer >= 2, got {n_copies!r}")
     if not (noise_std >= 0 and math.isfinite(noise_std)):
         raise GrowthError(f"noise_std must be a finite number >= 0, got {noise_std!r}")
+    if tiling not in TILINGS:
+        raise GrowthError(f"tiling must be one of {TILINGS}, got {tiling!r}")
     fused = fuse_models([model] * n_copies, center=False)
-    if noise_std == 0:
+    if noise_std == 0 and tiling == "diagonal":
         return fused
     layout = _layout(model)
     generator = torch.Generator().manual_seed(0 if random_state is None else int(random_state))
@@ -457,10 +509,22 @@ def self_fuse(model: PreTrainedModel, *, n_copies: int = 2, noise_std: float = 0
             for mp in layout.maps:
                 name = f"{layout.layer_prefix}{i}.{mp.suffix}.weight"
                 w = _out_in(sd[name], mp.conv1d)                                      # (g*k*o, k*i)
-                w = _add_cancelling_noise(w, mp.groups, n_copies, n_copies, noise_std, generator)
+                if tiling == "full":
+                    w = _tile_full(w, mp.groups, n_copies)
+                if noise_std > 0:
+                    w = _add_cancelling_noise(w, mp.groups, n_copies, n_copies, noise_std, generator)
                 sd[name] = _from_out_in(w, mp.conv1d)
-        sd[layout.head] = _add_cancelling_noise(sd[layout.head], 1, 1, n_copies, noise_std, generator)
+        if noise_std > 0:
+            sd[layout.head] = _add_cancelling_noise(sd[layout.head], 1, 1, n_copies, noise_std, generator)
     return _instantiate(fused, copy.deepcopy(fused.config), sd)
+
+
+def _tile_full(w: torch.Tensor, groups: int, copies: int) -> torch.Tensor:
+    """Block-diagonal (out, in) weight over ``copies`` -> every block the diagonal block / copies."""
+    o, i = w.shape[0] // (groups * copies), w.shape[1] // copies
+    blocks = w.reshape(groups, copies, o, copies, i)
+    diag = blocks[:, :1, :, :1, :] / copies                                   # (g, 1, o, 1, i)
+    return diag.expand(groups, copies, o, copies, i).reshape(w.shape).clone()
 
 
 def _add_cancelling_noise(w: torch.Tensor, groups: int, out_copies: int, in_copies: int, noise_std: float,

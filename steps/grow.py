@@ -25,8 +25,13 @@ class GrowConfig:
     method: str = option("fuse", "fuse (Deep Fusion of all small models), self_fuse (the first small model "
                          "fused with itself: width x2), stack (G_stack: depth x2), stack_zero (depth x2 with "
                          "zero-output new layers: exact)", choices=METHODS)
-    noise_std: float = option(0.01, "self_fuse: symmetry-breaking noise that cancels in the function, relative "
-                              "to each weight's std (0 = an exact clone)", min=0.0)
+    noise_std: float = option(0.32, "self_fuse: symmetry-breaking noise that cancels in the function, relative "
+                              "to the std of each weight block it is added to; 0.32 is HyperCloning's strength "
+                              "(noise power ~10 dB below the weights), 0.01 is 40 dB below, 0 = an exact clone",
+                              min=0.0)
+    tiling: str = option("diagonal", "self_fuse: 'diagonal' (Deep Fusion: each copy reads only its own slice) or "
+                         "'full' (HyperCloning: every block W / n_copies, each copy reads all); both exact",
+                         choices=("diagonal", "full"))
     check_rows: int = option(8, "validation rows on which function preservation is measured (float64)", min=1)
 
 
@@ -57,7 +62,8 @@ def run(cfg: GrowConfig, *, small_models: dict[str, dict[str, bytes]], check_tok
                              "pretrain_small.models or use 'self_fuse'")
         grown, refs = fuse_models(models), models
     elif cfg.method == "self_fuse":
-        grown, refs, names = self_fuse(models[0], noise_std=cfg.noise_std, random_state=seed), models[:1], names[:1]
+        grown = self_fuse(models[0], noise_std=cfg.noise_std, tiling=cfg.tiling, random_state=seed)
+        refs, names = models[:1], names[:1]
     else:
         grown = stack_layers(models[0], mode="copy" if cfg.method == "stack" else "zero")
         refs, names = models[:1], names[:1]

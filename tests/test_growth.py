@@ -1,4 +1,6 @@
 """Function preservation of every growth operator on tiny GPT-2 and Llama models, random and trained."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -104,3 +106,69 @@ def test_noise_breaks_symmetry_under_training():
         half = w.shape[0] // 2
         gaps.append(float((w[:half, :w.shape[1] // 2] - w[half:, w.shape[1] // 2:]).abs().max()))
     assert gaps[0] < 1e-6 < gaps[1]
+
+
+def _tied_or_untied(family, tied, seed=0):
+    m = build_model(ModelSpec(family=family, n_layer=2, n_embd=16, n_head=2, n_inner=24, tie_embeddings=tied),
+                    vocab_size=V, n_positions=P, seed=seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.ndim == 1:
+                p.add_(0.2 * torch.randn(p.shape, generator=torch.Generator().manual_seed(seed)))
+    return m.eval()
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_reparametrisations_preserve_tied_and_untied_models_through_a_round_trip(family, tied):
+    from libs.growth import center_residual_stream, scale_residual_stream
+
+    a = _tied_or_untied(family, tied)
+    assert bool(a.config.tie_word_embeddings) is tied
+    ops = [lambda m: scale_residual_stream(m, 3.0)]
+    if family == "gpt2":
+        ops.append(center_residual_stream)
+    else:
+        with pytest.raises(GrowthError, match="RMSNorm"):
+            center_residual_stream(a)
+    for op in ops:
+        grown = op(a)
+        assert preservation_error(grown, [a], TOKENS)["max_abs_dlogit"] <= 1e-5
+        loaded = model_from_files(model_to_files(grown))     # the head must not be re-tied to the edited table
+        assert loaded.config.tie_word_embeddings is False
+        assert preservation_error(loaded, [a], TOKENS)["max_abs_dlogit"] <= 1e-5
+    assert preservation_error(self_fuse(a, noise_std=0.3), [a], TOKENS)["max_abs_dlogit"] <= 1e-5
+    assert preservation_error(fuse_models([a, a]), [a], TOKENS)["max_abs_dlogit"] <= 1e-5
+
+
+@pytest.mark.parametrize("trained", [False, True], ids=["random", "trained"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_full_tiling_and_hypercloning_noise_preserve_the_function(family, trained):
+    from libs.growth import noise_std_for_snr_db
+
+    a = _model(family, 0, trained)
+    std = noise_std_for_snr_db(10.0)
+    assert std == pytest.approx(0.316, abs=1e-3)
+    for copies in (2, 3):
+        full = self_fuse(a, n_copies=copies, noise_std=std, tiling="full", random_state=2)
+        assert preservation_error(full, [a], TOKENS)["max_abs_dlogit"] <= 1e-5
+    clean = self_fuse(a, tiling="full")
+    name = "transformer.h.0.mlp.c_fc.weight" if family == "gpt2" else "model.layers.0.mlp.up_proj.weight"
+    w = clean.state_dict()[name]
+    half_r, half_c = w.shape[0] // 2, w.shape[1] // 2
+    torch.testing.assert_close(w[:half_r, :half_c], w[half_r:, half_c:])      # every block the same W / 2
+    torch.testing.assert_close(w[:half_r, :half_c], w[:half_r, half_c:])
+    with pytest.raises(GrowthError, match="tiling"):
+        self_fuse(a, tiling="checkerboard")
+
+
+def test_hypercloning_noise_is_about_ten_db_below_the_weights():
+    from libs.growth import noise_std_for_snr_db
+
+    a = _model("gpt2", 0, trained=True)
+    clean, noisy = self_fuse(a), self_fuse(a, noise_std=noise_std_for_snr_db(10.0), random_state=3)
+    name = "transformer.h.1.mlp.c_fc.weight"
+    signal, noise = clean.state_dict()[name], noisy.state_dict()[name] - clean.state_dict()[name]
+    block = signal[:signal.shape[0] // 2, :signal.shape[1] // 2]
+    snr_db = 10 * math.log10(float(block.var()) / float(noise.var()))
+    assert 8.0 < snr_db < 12.0
