@@ -15,6 +15,7 @@ from metaflow import Config, FlowSpec, Parameter, card, config_expr, current, re
 
 from config_source import config_parser, settings_of, validated_settings  # flows/ is the script's folder
 from project_code import ship_project_code
+from libs.token_data import TokenData
 from steps.config import GrowthConfig
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,21 +29,20 @@ def _settings(flow) -> GrowthConfig:
     return settings_of(GrowthConfig, flow.settings)
 
 
+def _plain(result) -> dict:
+    """A stage result as a plain dict (numbers, strings, lists, dicts, arrays, bytes): an artifact anyone can
+    open with the Client API, without this repository's classes."""
+    import dataclasses
+
+    return dataclasses.asdict(result)
+
+
 def _share_cpus(n_branches: int) -> None:
     """Parallel foreach branches on one CPU machine: split the cores instead of oversubscribing them."""
     import torch
 
     if not torch.cuda.is_available():
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(n_branches, 1)))
-
-
-def _keep(flow, result, prefix="", exclude=()):
-    """Store every field of a stage result as an artifact named ``prefix + field``."""
-    import dataclasses
-
-    for f in dataclasses.fields(result):
-        if f.name not in exclude:
-            setattr(flow, prefix + f.name, getattr(result, f.name))
 
 
 @ship_project_code
@@ -78,7 +78,15 @@ class GrowthFlow(FlowSpec):
 
         cfg = _settings(self)
         result = prepare.run(cfg.prepare, seed=cfg.seed)
-        _keep(self, result, exclude=("seconds",))
+        self.documents = result.documents
+        self.tokenizer_json = result.tokenizer_json
+        self.train_tokens, self.train_lengths = result.train_tokens, result.train_lengths
+        self.val_tokens, self.val_lengths = result.val_tokens, result.val_lengths
+        self.train_texts = result.train_texts
+        self.train_sources, self.val_sources = result.train_sources, result.val_sources
+        self.vocab_size, self.seq_len = result.vocab_size, result.seq_len
+        self.pad_id, self.bos_id, self.eos_id = result.pad_id, result.bos_id, result.eos_id
+        self.source_counts = result.source_counts
         self.prepare_seconds = result.seconds
         render(prepare.report(result))
         self.next(self.embed)
@@ -109,10 +117,12 @@ class GrowthFlow(FlowSpec):
 
         cfg = _settings(self)
         result = select_data.run(cfg.select, embeddings=self.embeddings, train_tokens=self.train_tokens,
-                            train_lengths=self.train_lengths, val_tokens=self.val_tokens,
-                            val_lengths=self.val_lengths, train_sources=self.train_sources,
-                            vocab_size=self.vocab_size, seq_len=self.seq_len, seed=cfg.seed)
-        _keep(self, result, prefix="selection_")
+                                 train_lengths=self.train_lengths, val_tokens=self.val_tokens,
+                                 val_lengths=self.val_lengths, train_sources=self.train_sources,
+                                 vocab_size=self.vocab_size, seq_len=self.seq_len, seed=cfg.seed)
+        self.selection = _plain(result)          # every figure of the selection, plain data
+        self.selection_indices, self.selection_weights = result.indices, result.weights
+        self.selection_assignment = result.assignment
         render(select_data.report(result))
         self.small_model_names = [m.name for m in cfg.pretrain_small.models]
         self.next(self.pretrain_small, foreach="small_model_names")
@@ -134,13 +144,10 @@ class GrowthFlow(FlowSpec):
         spec = cfg.pretrain_small.models[index]
         indices, weights = pretrain_small.subset_for_model(cfg.pretrain_small, index, self.selection_indices,
                                                            self.selection_weights, self.selection_assignment)
-        result = pretrain_small.run(cfg.pretrain_small, spec, train_tokens=self.train_tokens,
-                                    train_lengths=self.train_lengths, val_tokens=self.val_tokens,
-                                    val_lengths=self.val_lengths, indices=indices, weights=weights,
-                                    vocab_size=self.vocab_size, seq_len=self.seq_len, seed=cfg.seed + 1000 * index,
-                                    bos_token_id=self.bos_id, eos_token_id=self.eos_id,
+        result = pretrain_small.run(cfg.pretrain_small, spec, data=TokenData.from_attrs(self), indices=indices,
+                                    weights=weights, seed=cfg.seed + 1000 * index,
                                     on_eval=LiveLossCard(f"small model {spec.name}"))
-        self.small_result = result
+        self.small_model = _plain(result)
         render(pretrain_small.report(result))
         self.next(self.join_small)
 
@@ -151,9 +158,12 @@ class GrowthFlow(FlowSpec):
         from steps.join_small import run, report
         from flow_cards import render
 
-        self.merge_artifacts(inputs, exclude=["small_result"])
-        result = run([inp.small_result for inp in inputs])
-        _keep(self, result)
+        self.merge_artifacts(inputs, exclude=["small_model"])
+        result = run([inp.small_model for inp in inputs])
+        self.small_models, self.small_curves = result.small_models, result.small_curves
+        self.small_final_val_loss = result.small_final_val_loss
+        self.small_flops, self.small_flops_total = result.small_flops, result.small_flops_total
+        self.gap_zoo_rows = result.gap_zoo_rows
         render(report(result))
         self.next(self.grow)
 
@@ -166,8 +176,11 @@ class GrowthFlow(FlowSpec):
 
         cfg = _settings(self)
         result = grow.run(cfg.grow, small_models=self.small_models, check_tokens=self.val_tokens, seed=cfg.seed)
-        _keep(self, result, prefix="grow_", exclude=("model_files",))
         self.grown_model = result.model_files
+        self.grow_method, self.grow_components = result.method, result.components
+        self.grow_shape_before, self.grow_shape_after = result.shape_before, result.shape_after
+        self.grow_preservation, self.grow_n_params = result.preservation, result.n_params
+        self.grow_seconds = result.seconds
         render(grow.report(result))
         self.arms = list(cfg.train_large.arms)
         self.next(self.train_large, foreach="arms")
@@ -191,35 +204,49 @@ class GrowthFlow(FlowSpec):
         cfg = _settings(self)
         _share_cpus(len(self.arms))
         arm = self.input
-        result = train_large.run(cfg.train_large, arm, grown_files=self.grown_model, train_tokens=self.train_tokens,
-                                 train_lengths=self.train_lengths, val_tokens=self.val_tokens,
-                                 val_lengths=self.val_lengths, indices=self.selection_indices,
-                                 weights=self.selection_weights, seq_len=self.seq_len, seed=cfg.seed,
+        data = TokenData.from_attrs(self)
+        arm_cfg, init_files, init_flops = cfg.train_large, self.grown_model, 0.0
+        self.control_plan = None
+        if arm == "control":                        # the first small model, trained on for equal total FLOPs
+            first = self.small_model_names[0]
+            init_files, init_flops = self.small_models[first], float(self.small_flops[first])
+            self.control_plan = train_large.control_plan(cfg.train_large, grown_files=self.grown_model,
+                                                         control_files=init_files, control_spent_flops=init_flops,
+                                                         data=data, indices=self.selection_indices)
+            arm_cfg = train_large.arm_config(cfg.train_large, arm, control_steps=self.control_plan["steps"],
+                                             control_lr=cfg.pretrain_small.train.lr)
+        result = train_large.run(arm_cfg, arm, init_files=init_files, data=data, indices=self.selection_indices,
+                                 weights=self.selection_weights, seed=cfg.seed, init_flops=init_flops,
                                  checkpoint_dir=_checkpoint_dir(f"train_large/{arm}"),
                                  on_eval=LiveLossCard(f"large model, {arm}"), on_step=_failure_injector(arm),
                                  launch=_torchrun_launcher(cfg.train_large.nproc_per_node))
-        self.large_result = result
+        self.large_arm = _plain(result)
         render(train_large.report(result))
         self.next(self.join_large)
 
     @card(type="blank")
     @step
     def join_large(self, inputs):
-        """Grown vs scratch: steps and FLOPs to reach the scratch model's final validation loss."""
+        """Did growing pay? Every grown arm against scratch, behind the capacity check against the control."""
         from steps import join_large
         from flow_cards import render
 
-        self.merge_artifacts(inputs, exclude=["large_result"])
-        results = {inp.large_result.arm: inp.large_result for inp in inputs}
-        self.large_models = {arm: r.model_files for arm, r in results.items()}
-        self.large_curves = {arm: r.curve for arm, r in results.items()}
-        self.large_tokens_per_s = {arm: r.tokens_per_s for arm, r in results.items()}
-        self.large_devices = {arm: r.device for arm, r in results.items()}
-        self.large_targets = {arm: {"features": r.gap_features, "gap": r.measured_gap} for arm, r in results.items()}
-        result = join_large.run(curves=self.large_curves,
-                                flops_per_step={arm: r.flops_per_step for arm, r in results.items()},
-                                small_pretrain_flops=self.small_flops_total)
-        _keep(self, result, prefix="large_", exclude=("curves",))
+        self.merge_artifacts(inputs, exclude=["large_arm", "control_plan"])
+        arms = {inp.large_arm["arm"]: inp.large_arm for inp in inputs}
+        self.control_plan = next((inp.control_plan for inp in inputs if inp.control_plan), None)
+        self.large_models = {arm: r["model_files"] for arm, r in arms.items()}
+        self.large_curves = {arm: r["curve"] for arm, r in arms.items()}
+        self.large_tokens_per_s = {arm: r["tokens_per_s"] for arm, r in arms.items()}
+        self.large_devices = {arm: r["device"] for arm, r in arms.items()}
+        self.large_flops_per_step = {arm: r["flops_per_step"] for arm, r in arms.items()}
+        self.large_targets = {arm: {"features": r["gap_features"], "gap": r["measured_gap"]}
+                              for arm, r in arms.items()}
+        result = join_large.run(curves=self.large_curves, flops_per_step=self.large_flops_per_step,
+                                small_pretrain_flops=self.small_flops,
+                                components={"grown": list(self.grow_components)},
+                                control_small_model=self.small_model_names[0])
+        self.verdict, self.verdict_summary = result.verdict, result.summary
+        self.large_final_val_loss = result.final_val_loss
         render(join_large.report(result))
         self.next(self.predict_gap)
 
@@ -234,7 +261,8 @@ class GrowthFlow(FlowSpec):
         earlier = _earlier_zoo_rows(cfg.predict_gap.include_earlier_runs, cfg.predict_gap.max_earlier_runs)
         rows = [dict(r, run_id=current.run_id) for r in self.gap_zoo_rows] + earlier
         result = predict_gap.run(cfg.predict_gap, zoo_rows=rows, targets=self.large_targets, seed=cfg.seed)
-        _keep(self, result, prefix="gap_")
+        self.gap_prediction = _plain(result)
+        self.gap_predictions = result.predictions
         self.gap_n_earlier_rows = len(earlier)
         render(predict_gap.report(result))
         self.next(self.end)
@@ -249,13 +277,13 @@ class GrowthFlow(FlowSpec):
         cfg = _settings(self)
         result = end.run(n_train_docs=len(self.train_tokens), n_selected=len(self.selection_indices),
                          selection_method=cfg.select.method, grow_method=cfg.grow.method,
-                         preservation=self.grow_preservation, saving_summary=self.large_summary,
-                         large_final_val_loss=self.large_final_val_loss,
-                         large_tokens_per_s=self.large_tokens_per_s, gap_predictions=self.gap_predictions,
-                         saving=self.large_saving)
+                         preservation=self.grow_preservation, verdict=self.verdict,
+                         verdict_summary=self.verdict_summary, large_final_val_loss=self.large_final_val_loss,
+                         large_tokens_per_s=self.large_tokens_per_s, gap_predictions=self.gap_predictions)
         self.summary = result.figures
         self.summary_text = result.text
         render(end.report(result))
+        print(end.console_text(result, flow_file=os.path.relpath(__file__), run_id=current.run_id))
 
 def _checkpoint_dir(name: str) -> str:
     """Where a step's mid-training checkpoints live: keyed by run, found again by ``resume``.

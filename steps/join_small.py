@@ -19,17 +19,17 @@ class JoinSmallResult:
     gap_zoo_rows: list[dict]
 
 
-def run(results: list) -> JoinSmallResult:
-    """Combine ``pretrain_small`` results (in the order of the config's model list)."""
+def run(results: list[dict]) -> JoinSmallResult:
+    """Combine ``pretrain_small`` results (plain dicts, in the config's model order)."""
     if not results:
         raise ValueError("no small models were trained; list at least one in pretrain_small.models")
     return JoinSmallResult(
-        small_models={r.name: r.model_files for r in results},
-        small_curves={r.name: r.curve for r in results},
-        small_final_val_loss={r.name: r.final_val_loss for r in results},
-        small_flops={r.name: r.flops for r in results},
-        small_flops_total=float(sum(r.flops for r in results)),
-        gap_zoo_rows=[row for r in results for row in r.gap_rows])
+        small_models={r["name"]: r["model_files"] for r in results},
+        small_curves={r["name"]: r["curve"] for r in results},
+        small_final_val_loss={r["name"]: r["final_val_loss"] for r in results},
+        small_flops={r["name"]: r["flops"] for r in results},
+        small_flops_total=float(sum(r["flops"] for r in results)),
+        gap_zoo_rows=[row for r in results for row in r["gap_rows"]])
 
 
 def report(result: JoinSmallResult) -> list:

@@ -19,6 +19,7 @@ import numpy as np
 from libs.models import ModelSpec, build_model, count_parameters, flops_per_token, model_to_files
 from libs.report import Figure, Markdown, Table
 from libs.schema import option
+from libs.token_data import TokenData
 from libs.training import TrainConfig, train_model
 
 __all__ = ["PretrainSmallConfig", "PretrainSmallResult", "run", "report", "subset_for_model"]
@@ -81,16 +82,14 @@ def subset_for_model(cfg: PretrainSmallConfig, model_index: int, indices: np.nda
     return indices[keep], weights[keep]
 
 
-def run(cfg: PretrainSmallConfig, spec: ModelSpec, *, train_tokens: np.ndarray, train_lengths: np.ndarray,
-        val_tokens: np.ndarray, val_lengths: np.ndarray, indices: np.ndarray, weights: np.ndarray,
-        vocab_size: int, seq_len: int, seed: int, bos_token_id: int | None = None,
-        eos_token_id: int | None = None, on_eval: Callable | None = None,
-        checkpoint_dir: str | None = None, progress: bool = True) -> PretrainSmallResult:
-    """Train the small model ``spec`` on ``train_tokens[indices]`` weighted by ``weights``.
+def run(cfg: PretrainSmallConfig, spec: ModelSpec, *, data: TokenData, indices: np.ndarray, weights: np.ndarray,
+        seed: int, on_eval: Callable | None = None, checkpoint_dir: str | None = None,
+        progress: bool = True) -> PretrainSmallResult:
+    """Train the small model ``spec`` on the training rows ``indices`` of ``data`` weighted by ``weights``.
 
     Parameters
     ----------
-    train_tokens : int32 (n, seq_len + 1); train_lengths : int32 (n,)
+    data : the tokenized corpus (its vocabulary, sequence length and special tokens shape the model)
     indices : int (m,) selected training rows; weights : float (m,) their loss weights
     on_eval : called as ``on_eval(step, model, record)`` after each evaluation (live cards)
     """
@@ -99,10 +98,10 @@ def run(cfg: PretrainSmallConfig, spec: ModelSpec, *, train_tokens: np.ndarray, 
     if len(indices) != len(weights):
         raise ValueError(f"indices ({len(indices)}) and weights ({len(weights)}) differ in length")
     t0 = time.perf_counter()
-    model = build_model(spec, vocab_size=vocab_size, n_positions=seq_len + 1, seed=seed,
-                        bos_token_id=bos_token_id, eos_token_id=eos_token_id)
+    model = build_model(spec, vocab_size=data.vocab_size, n_positions=data.seq_len + 1, seed=seed,
+                        bos_token_id=data.bos_id, eos_token_id=data.eos_id)
     init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    tokens, lengths = train_tokens[indices], train_lengths[indices]
+    tokens, lengths = data.train_rows(indices)
     feature_rows = np.random.default_rng(seed).choice(len(tokens), min(cfg.gap_feature_rows, len(tokens)),
                                                       replace=False)
     gap_rows: list[dict] = []
@@ -117,7 +116,7 @@ def run(cfg: PretrainSmallConfig, spec: ModelSpec, *, train_tokens: np.ndarray, 
         if on_eval is not None:
             on_eval(step, m, record)
 
-    result = train_model(model, tokens, lengths, val_tokens, val_lengths, cfg.train, seed=seed,
+    result = train_model(model, tokens, lengths, data.val_tokens, data.val_lengths, cfg.train, seed=seed,
                          weights=weights, label=f"pretrain_small[{spec.name}]", on_eval=record_eval,
                          checkpoint_dir=checkpoint_dir, progress=progress)
     print(f"[pretrain_small[{spec.name}]] final val loss {result.final_val_loss:.4f}, "
@@ -126,7 +125,7 @@ def run(cfg: PretrainSmallConfig, spec: ModelSpec, *, train_tokens: np.ndarray, 
         name=spec.name, spec=dataclasses.asdict(spec), model_files=model_to_files(model), curve=result.curve,
         final_val_loss=result.final_val_loss, final_train_loss=result.final_train_loss,
         tokens_per_s=result.tokens_per_s, n_params=count_parameters(model),
-        flops=flops_per_token(model, seq_len) * result.n_tokens, n_train_rows=len(indices),
+        flops=flops_per_token(model, data.seq_len) * result.n_tokens, n_train_rows=len(indices),
         gap_rows=gap_rows, device=result.device, seconds=time.perf_counter() - t0)
 
 

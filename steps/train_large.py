@@ -1,24 +1,36 @@
-"""Stage 4: train the large model from the grown initialization, and from scratch.
+"""Stage 4: train the large model from the grown initialization, from scratch, and the small control.
 
-Both arms have the same shape (the grown model's), see the same batches in the same
-order (the data-order seed is shared) and the same token budget; only the
-initialization differs. That makes ``join_large``'s comparison a controlled one.
-The step checkpoints every ``train.checkpoint_every`` steps: a Metaflow ``resume``
-after a crash continues from the last checkpoint rather than from step 0.
+Three arms, one foreach branch each:
+
+* ``grown``: the grow step's model, trained for ``train.steps`` steps;
+* ``scratch``: a fresh model of the grown model's shape, same batches in the same order
+  (the data-order seed is shared) and the same budget: the baseline a saving is measured
+  against;
+* ``control``: the first small model, trained on from its final weights for exactly the
+  FLOPs the scratch arm spends minus what that small model already spent (equal total
+  compute). If the control beats scratch, the large shape is not worth growing into at
+  this budget and ``join_large`` assesses no saving (the capacity check).
+
+The step checkpoints every ``train.checkpoint_every`` steps: a Metaflow ``resume`` or
+``@retry`` after a crash continues from the last checkpoint rather than from step 0.
 
 With ``nproc_per_node > 1`` an arm trains data-parallel (DistributedDataParallel) on
-that many processes of one node: :func:`run` hands the work to the entry script
-``steps/train_large_ddp.py`` through a launcher the caller passes in (the flow passes
-metaflow-torchrun's single-node launcher) and loads what rank 0 wrote back into the
-same :class:`TrainLargeResult`. With 1 (the default) it trains in the calling process.
+that many processes of one node: :func:`run` writes the inputs to a folder, starts
+``python -m steps.train_large_ddp`` on every rank through a launcher the caller passes
+in (the flow passes metaflow-torchrun's single-node launcher), and loads what rank 0
+wrote back into the same :class:`TrainLargeResult`. With 1 (the default) it trains in
+the calling process.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -27,12 +39,18 @@ from libs.models import (ModelSpec, build_model, count_parameters, flops_per_tok
                          model_shape, model_to_files)
 from libs.report import Figure, Markdown
 from libs.schema import option
+from libs.token_data import TokenData
 from libs.training import TrainConfig, train_model
 
-__all__ = ["ARMS", "DDP_BACKENDS", "FAIL_ENV", "TrainLargeConfig", "TrainLargeResult", "run", "train_arm",
-           "report", "scratch_model_like", "failure_injector"]
+__all__ = ["ARMS", "DDP_BACKENDS", "FAIL_ENV", "RANK_MODULE", "TrainLargeConfig", "TrainLargeResult", "run",
+           "train_arm", "arm_config", "control_plan", "report", "scratch_model_like", "failure_injector",
+           "resolve_backend", "write_inputs", "read_inputs", "write_result", "read_result"]
 
-ARMS = ("grown", "scratch")
+ARMS = ("grown", "scratch", "control")
+RANK_MODULE = "steps.train_large_ddp"   # what every data-parallel rank runs (python -m, under torchrun)
+# --standalone: a rendezvous on a free local port, so parallel arms' launches never collide on a port;
+# --module: ranks run `python -m steps.train_large_ddp`, importing the project like any other module.
+TORCHRUN_ARGS = {"standalone": "", "module": ""}
 DDP_BACKENDS = ("auto", "nccl", "gloo")
 FAIL_ENV = "GROWTHFLOW_FAIL_AT_STEP"  # test-only switch: "<arm>:<step>" makes that arm's training crash there
 
@@ -45,9 +63,14 @@ class TrainLargeConfig:
                                 default_factory=lambda: TrainConfig(steps=600, batch_size=16, lr=2e-3,
                                                                     warmup_steps=30, eval_every=50,
                                                                     checkpoint_every=100))
-    arms: tuple[str, ...] = option(doc="which initializations to train: 'grown' (from the grow step), "
-                                   "'scratch' (fresh init of the same shape, the baseline)",
+    arms: tuple[str, ...] = option(doc="which arms to train: 'grown' (from the grow step), 'scratch' (fresh init "
+                                   "of the same shape, the baseline), 'control' (the first small model trained "
+                                   "on for equal total FLOPs: the capacity check)",
                                    choices=ARMS, default_factory=lambda: ARMS)
+    control_lr: float = option(0.0, "peak learning rate of the control arm; 0 = the small models' pretraining "
+                               "lr (pretrain_small.train.lr)", min=0.0)
+    control_warmup_steps: int = option(0, "warmup of the control arm's schedule (it continues a trained model); "
+                                       "0 = none", min=0)
     gap_feature_rows: int = option(64, "training rows used for the trained model's gap features", min=8)
     nproc_per_node: int = option(1, "processes (one per GPU) that train each arm data-parallel on one node, "
                                  "launched by metaflow-torchrun; 1 trains in the step's own process. "
@@ -59,6 +82,9 @@ class TrainLargeConfig:
     def __post_init__(self) -> None:
         if not self.arms or len(set(self.arms)) != len(self.arms):
             raise ValueError(f"arms must list distinct values from {ARMS}, got {list(self.arms)}")
+        if "control" in self.arms and "scratch" not in self.arms:
+            raise ValueError("arm 'control' is sized by the 'scratch' arm's FLOPs and only compared with it; "
+                             "add 'scratch' to train_large.arms or drop 'control'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +103,8 @@ class TrainLargeResult:
     measured_gap: float
     device: str
     seconds: float
+    steps: int = 0                   # optimizer steps this arm trained (the control's differ from the config's)
+    init_flops: float = 0.0          # FLOPs already spent on this arm's initialization (the control's small model)
 
 
 def scratch_model_like(grown_files: dict[str, bytes], seed: int):
@@ -90,42 +118,75 @@ def scratch_model_like(grown_files: dict[str, bytes], seed: int):
                        bos_token_id=grown.config.bos_token_id, eos_token_id=grown.config.eos_token_id)
 
 
-def run(cfg: TrainLargeConfig, arm: str, *, grown_files: dict[str, bytes], train_tokens: np.ndarray,
-        train_lengths: np.ndarray, val_tokens: np.ndarray, val_lengths: np.ndarray, indices: np.ndarray,
-        weights: np.ndarray, seq_len: int, seed: int, checkpoint_dir: str | None = None,
-        on_eval: Callable | None = None, on_step: Callable[[int], None] | None = None,
-        progress: bool = True, launch: Callable[..., None] | None = None) -> TrainLargeResult:
-    """Train arm ``arm`` ('grown' or 'scratch') on the selected rows for ``cfg.train.steps`` steps.
+def control_plan(cfg: TrainLargeConfig, *, grown_files: dict[str, bytes], control_files: dict[str, bytes],
+                 control_spent_flops: float, data: TokenData, indices: np.ndarray) -> dict:
+    """How long the control arm trains so that its total compute equals the scratch arm's.
 
-    With ``cfg.nproc_per_node == 1`` the arm trains here (:func:`train_arm`). With more,
-    it trains data-parallel in ``cfg.nproc_per_node`` processes started by ``launch``,
-    called as ``launch(entrypoint=..., nproc_per_node=..., entrypoint_args=[...],
-    torchrun_args={...})`` (metaflow-torchrun's ``TorchrunSingleNodeMultiGPU().run``);
-    ``on_eval`` and ``on_step`` stay in this process and are not called then (the ranks
-    honour the test-only ``GROWTHFLOW_FAIL_AT_STEP`` switch themselves), see
-    :mod:`steps.train_large_ddp`.
+    Scratch spends ``train.steps`` steps of the large shape; the control has already spent
+    ``control_spent_flops`` (its own pretraining), so it gets the rest in small-model steps
+    (:func:`libs.growth_saving.control_arm_steps`). FLOPs per step are the model's FLOPs per
+    token times the expected target tokens of one optimizer step on the selected rows (every
+    arm sees the same rows).
+    """
+    from libs.growth_saving import control_arm_steps
+
+    rows_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.nproc_per_node
+    tokens_per_step = rows_per_step * float(np.mean(data.train_lengths[np.asarray(indices)] - 1))
+    large = flops_per_token(model_from_files(grown_files), data.seq_len) * tokens_per_step
+    small = flops_per_token(model_from_files(control_files), data.seq_len) * tokens_per_step
+    steps = control_arm_steps(scratch_steps=cfg.train.steps, scratch_flops_per_step=large,
+                              small_flops_per_step=small, small_pretrain_flops=float(control_spent_flops))
+    return {"steps": steps, "scratch_flops": cfg.train.steps * large, "spent_flops": float(control_spent_flops),
+            "flops_per_step": small, "large_flops_per_step": large}
+
+
+def arm_config(cfg: TrainLargeConfig, arm: str, *, control_steps: int = 0, control_lr: float = 0.0) -> TrainLargeConfig:
+    """The config an arm trains with: the control's steps and schedule differ from the large arms'."""
+    if arm != "control":
+        return cfg
+    lr = cfg.control_lr or control_lr
+    if lr <= 0:
+        raise ValueError("the control arm needs a learning rate: set train_large.control_lr or pass the small "
+                         "models' pretraining lr")
+    train = dataclasses.replace(cfg.train, steps=control_steps, lr=lr,
+                                warmup_steps=min(cfg.control_warmup_steps, control_steps))
+    return dataclasses.replace(cfg, train=train)
+
+
+def run(cfg: TrainLargeConfig, arm: str, *, init_files: dict[str, bytes], data: TokenData, indices: np.ndarray,
+        weights: np.ndarray, seed: int, init_flops: float = 0.0, checkpoint_dir: str | None = None,
+        on_eval: Callable | None = None, on_step: Callable[[int], None] | None = None,
+        on_checkpoint: Callable[[str], None] | None = None, progress: bool = True,
+        launch: Callable[..., None] | None = None) -> TrainLargeResult:
+    """Train arm ``arm`` on the selected rows ``indices`` (loss weights ``weights``).
+
+    ``init_files`` are the model files the arm starts from: the grown model for 'grown' and
+    'scratch' (scratch takes only its shape), the small model for 'control' (whose ``cfg``
+    comes from :func:`arm_config`, and whose ``init_flops`` is the small model's pretraining).
+    With ``cfg.nproc_per_node == 1`` the arm trains here (:func:`train_arm`). With more, it
+    trains data-parallel in ``cfg.nproc_per_node`` processes started by ``launch``, called as
+    ``launch(entrypoint=..., nproc_per_node=..., entrypoint_args=[...], torchrun_args={...})``
+    (metaflow-torchrun's ``TorchrunSingleNodeMultiGPU().run``); ``on_eval`` and ``on_step``
+    stay in this process and are not called then (the ranks honour the test-only
+    ``GROWTHFLOW_FAIL_AT_STEP`` switch themselves).
     """
     if arm not in ARMS:
         raise ValueError(f"unknown arm {arm!r}; expected one of {ARMS}")
     if cfg.nproc_per_node > 1:
-        from steps.train_large_ddp import run_data_parallel
-
-        return run_data_parallel(cfg, arm, grown_files=grown_files, train_tokens=train_tokens,
-                                 train_lengths=train_lengths, val_tokens=val_tokens, val_lengths=val_lengths,
-                                 indices=indices, weights=weights, seq_len=seq_len, seed=seed,
-                                 checkpoint_dir=checkpoint_dir, launch=launch, progress=progress,
-                                 callbacks_dropped=[name for name, cb in (("on_eval", on_eval), ("on_step", on_step))
-                                                    if cb is not None])
-    return train_arm(cfg, arm, grown_files=grown_files, train_tokens=train_tokens, train_lengths=train_lengths,
-                     val_tokens=val_tokens, val_lengths=val_lengths, indices=indices, weights=weights,
-                     seq_len=seq_len, seed=seed, checkpoint_dir=checkpoint_dir, on_eval=on_eval, on_step=on_step,
-                     progress=progress)
+        return _run_data_parallel(cfg, arm, init_files=init_files, data=data, indices=indices, weights=weights,
+                                  seed=seed, init_flops=init_flops, checkpoint_dir=checkpoint_dir, launch=launch,
+                                  progress=progress,
+                                  callbacks_dropped=[name for name, cb in (("on_eval", on_eval), ("on_step", on_step))
+                                                     if cb is not None])
+    return train_arm(cfg, arm, init_files=init_files, data=data, indices=indices, weights=weights, seed=seed,
+                     init_flops=init_flops, checkpoint_dir=checkpoint_dir, on_eval=on_eval, on_step=on_step,
+                     on_checkpoint=on_checkpoint, progress=progress)
 
 
-def train_arm(cfg: TrainLargeConfig, arm: str, *, grown_files: dict[str, bytes], train_tokens: np.ndarray,
-              train_lengths: np.ndarray, val_tokens: np.ndarray, val_lengths: np.ndarray, indices: np.ndarray,
-              weights: np.ndarray, seq_len: int, seed: int, checkpoint_dir: str | None = None,
-              on_eval: Callable | None = None, on_step: Callable[[int], None] | None = None,
+def train_arm(cfg: TrainLargeConfig, arm: str, *, init_files: dict[str, bytes], data: TokenData,
+              indices: np.ndarray, weights: np.ndarray, seed: int, init_flops: float = 0.0,
+              checkpoint_dir: str | None = None, on_eval: Callable | None = None,
+              on_step: Callable[[int], None] | None = None, on_checkpoint: Callable[[str], None] | None = None,
               progress: bool = True) -> TrainLargeResult:
     """Train one arm in this process; a DDP rank when a torch.distributed process group is up."""
     from libs.gap_features import lm_features
@@ -133,15 +194,16 @@ def train_arm(cfg: TrainLargeConfig, arm: str, *, grown_files: dict[str, bytes],
     if arm not in ARMS:
         raise ValueError(f"unknown arm {arm!r}; expected one of {ARMS}")
     t0 = time.perf_counter()
-    model = model_from_files(grown_files) if arm == "grown" else scratch_model_like(grown_files, seed + 7919)
+    model = scratch_model_like(init_files, seed + 7919) if arm == "scratch" else model_from_files(init_files)
     init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    tokens, lengths = train_tokens[indices], train_lengths[indices]
-    result = train_model(model, tokens, lengths, val_tokens, val_lengths, cfg.train, seed=seed, weights=weights,
-                         checkpoint_dir=checkpoint_dir, label=f"train_large[{arm}]", on_eval=on_eval,
-                         on_step=on_step, progress=progress)
+    tokens, lengths = data.train_rows(indices)
+    extra = {"on_checkpoint": on_checkpoint} if on_checkpoint is not None else {}
+    result = train_model(model, tokens, lengths, data.val_tokens, data.val_lengths, cfg.train, seed=seed,
+                         weights=weights, checkpoint_dir=checkpoint_dir, label=f"train_large[{arm}]", on_eval=on_eval,
+                         on_step=on_step, progress=progress, **extra)
     rows = np.random.default_rng(seed).choice(len(tokens), min(cfg.gap_feature_rows, len(tokens)), replace=False)
     features = lm_features(model, tokens[rows], lengths[rows], init_state=init_state, seed=seed)
-    fpt = flops_per_token(model, seq_len)
+    fpt = flops_per_token(model, data.seq_len)
     if _rank() == 0:
         print(f"[train_large[{arm}]] final val loss {result.final_val_loss:.4f} on {result.device}, "
               f"{result.tokens_per_s:,.0f} tokens/s", file=sys.stderr, flush=True)
@@ -151,7 +213,137 @@ def train_arm(cfg: TrainLargeConfig, arm: str, *, grown_files: dict[str, bytes],
         n_params=count_parameters(model), flops_per_step=fpt * result.n_tokens / max(result.steps_done, 1),
         n_tokens=result.n_tokens, resumed_from_step=result.resumed_from_step, gap_features=features,
         measured_gap=result.final_val_loss - result.final_train_loss, device=result.device,
-        seconds=time.perf_counter() - t0)
+        seconds=time.perf_counter() - t0, steps=result.steps_done, init_flops=float(init_flops))
+
+
+# ---------------------------------------------------------------------------------------------
+# data parallel on one node: the step's side (the ranks' side is steps/train_large_ddp.py)
+
+_ARRAYS = ("train_tokens", "train_lengths", "val_tokens", "val_lengths", "train_sources")
+
+
+def resolve_backend(cfg: TrainLargeConfig) -> tuple[str, str, int]:
+    """(backend, device type, GPUs visible) for ``cfg``; raises ConfigError on a mismatch.
+
+    'auto' is nccl when the training device is CUDA and gloo otherwise. On CUDA each rank
+    needs its own GPU: more processes than visible GPUs is an error naming the key.
+    """
+    import torch
+
+    from libs.schema import ConfigError
+    from libs.training import resolve_device
+
+    n = cfg.nproc_per_node
+    device = resolve_device(cfg.train.device)
+    n_gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    backend = cfg.ddp_backend if cfg.ddp_backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda" and n > n_gpus:
+        raise ConfigError(f"train_large.nproc_per_node={n} asks for {n} processes, one per GPU, but this machine "
+                          f"has {n_gpus} CUDA GPU(s); set train_large.nproc_per_node to at most {n_gpus} "
+                          "(and resources.train_large.gpu to the same number on remote compute)")
+    if backend == "nccl" and device.type != "cuda":
+        raise ConfigError(f"train_large.ddp_backend='nccl' needs CUDA GPUs, but training runs on {device} "
+                          f"(train_large.train.device={cfg.train.device!r}); use 'gloo' or 'auto'")
+    return backend, device.type, n_gpus
+
+
+def write_inputs(work_dir: str | Path, cfg: TrainLargeConfig, arm: str, *, init_files: dict[str, bytes],
+                 data: TokenData, indices: np.ndarray, weights: np.ndarray, seed: int, init_flops: float,
+                 checkpoint_dir: str | None, backend: str, threads_per_rank: int | None, progress: bool) -> None:
+    """Write everything a rank needs into ``work_dir`` as plain files (JSON, npz, safetensors): nothing pickled."""
+    from libs.schema import to_dict
+
+    work_dir = Path(work_dir)
+    (work_dir / "init").mkdir(parents=True, exist_ok=True)
+    for name, blob in init_files.items():
+        (work_dir / "init" / name).write_bytes(blob)
+    arrays = {k: np.asarray(getattr(data, k)) for k in _ARRAYS}
+    np.savez(work_dir / "data.npz", indices=np.asarray(indices), weights=np.asarray(weights), **arrays)
+    inputs = {"config": to_dict(cfg), "arm": arm, "seed": int(seed), "init_flops": float(init_flops),
+              "vocab_size": int(data.vocab_size), "seq_len": int(data.seq_len), "bos_id": int(data.bos_id),
+              "eos_id": int(data.eos_id),
+              "checkpoint_dir": None if checkpoint_dir is None else os.path.abspath(checkpoint_dir),
+              "backend": backend, "threads_per_rank": threads_per_rank, "progress": bool(progress)}
+    (work_dir / "inputs.json").write_text(json.dumps(inputs, indent=1))
+
+
+def read_inputs(work_dir: str | Path) -> dict:
+    """What :func:`write_inputs` wrote: ``config`` (typed), ``data`` (TokenData), ``init_files``, ... (a rank's side)."""
+    from libs.schema import parse
+
+    work_dir = Path(work_dir)
+    inputs = json.loads((work_dir / "inputs.json").read_text())
+    inputs["config"] = parse(TrainLargeConfig, inputs["config"], source=str(work_dir / "inputs.json"),
+                             prefix="train_large.")
+    with np.load(work_dir / "data.npz", allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    inputs["indices"], inputs["weights"] = arrays.pop("indices"), arrays.pop("weights")
+    inputs["data"] = TokenData(**arrays, vocab_size=inputs.pop("vocab_size"), seq_len=inputs.pop("seq_len"),
+                               bos_id=inputs.pop("bos_id"), eos_id=inputs.pop("eos_id"))
+    inputs["init_files"] = {p.name: p.read_bytes() for p in sorted((work_dir / "init").iterdir()) if p.is_file()}
+    return inputs
+
+
+def write_result(work_dir: str | Path, result: TrainLargeResult) -> None:
+    """Rank 0's result as plain files; ``result.json`` is written last, so its presence means the result is whole."""
+    out = Path(work_dir) / "result"
+    (out / "model").mkdir(parents=True, exist_ok=True)
+    for name, blob in result.model_files.items():
+        (out / "model" / name).write_bytes(blob)
+    fields = {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name != "model_files"}
+    tmp = out / "result.json.tmp"
+    tmp.write_text(json.dumps(fields))
+    os.replace(tmp, out / "result.json")
+
+
+def read_result(work_dir: str | Path) -> TrainLargeResult:
+    """The TrainLargeResult rank 0 wrote into ``work_dir`` (raises if it wrote none)."""
+    out = Path(work_dir) / "result"
+    if not (out / "result.json").is_file():
+        raise RuntimeError(f"the data-parallel ranks finished but rank 0 wrote no result into {out}; "
+                           "see the ranks' output above")
+    fields = json.loads((out / "result.json").read_text())
+    files = {p.name: p.read_bytes() for p in sorted((out / "model").iterdir()) if p.is_file()}
+    return TrainLargeResult(model_files=files, **fields)
+
+
+def _run_data_parallel(cfg: TrainLargeConfig, arm: str, *, init_files: dict[str, bytes], data: TokenData,
+                       indices: np.ndarray, weights: np.ndarray, seed: int, init_flops: float,
+                       checkpoint_dir: str | None, launch: Callable[..., None] | None, progress: bool,
+                       callbacks_dropped: list[str]) -> TrainLargeResult:
+    import torch
+
+    label = f"train_large[{arm}]"
+    n = cfg.nproc_per_node
+    if launch is None:
+        raise ValueError(f"train_large.nproc_per_node={n} needs a launcher for its {n} processes: pass "
+                         "launch=TorchrunSingleNodeMultiGPU().run (from metaflow-torchrun), as the flow does, "
+                         "or set train_large.nproc_per_node = 1")
+    backend, device_type, n_gpus = resolve_backend(cfg)
+    threads = None
+    if device_type == "cpu":
+        threads = max(1, torch.get_num_threads() // n)
+        print(f"[{label}] WARNING: train_large.nproc_per_node={n} on CPU: {n} gloo processes of {threads} "
+              "thread(s) each. Data parallelism on CPU is for testing (it reproduces one process's losses); "
+              "it is not faster than one process using every core.", file=sys.stderr, flush=True)
+    print(f"[{label}] data-parallel over {n} processes ({backend}, {device_type}"
+          + (f", {n_gpus} GPUs visible" if device_type == "cuda" else "")
+          + ") through metaflow-torchrun's single-node launcher; global batch "
+          f"{cfg.train.batch_size * cfg.train.grad_accum * n} rows per optimizer step", file=sys.stderr, flush=True)
+    if callbacks_dropped:
+        print(f"[{label}] {' and '.join(callbacks_dropped)} not called under DDP (training runs in torchrun's "
+              "processes): the live loss card is skipped; the final card and artifacts are the same as with one "
+              "process", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="train_large_ddp_") as work_dir:
+        write_inputs(work_dir, cfg, arm, init_files=init_files, data=data, indices=indices, weights=weights,
+                     seed=seed, init_flops=init_flops, checkpoint_dir=checkpoint_dir, backend=backend,
+                     threads_per_rank=threads, progress=progress)
+        launch(entrypoint=RANK_MODULE, nproc_per_node=n, entrypoint_args=["--work-dir", work_dir],
+               torchrun_args=dict(TORCHRUN_ARGS))
+        result = read_result(work_dir)
+    return dataclasses.replace(result, device=f"{result.device} x{n} (DDP, {backend})",
+                               seconds=time.perf_counter() - t0)
 
 
 def _rank() -> int:

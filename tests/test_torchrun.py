@@ -27,6 +27,7 @@ from libs.models import ModelSpec, build_model, model_from_files, model_to_files
 from libs.schema import ConfigError
 from libs.training import TrainConfig
 from steps import train_large
+from libs.token_data import TokenData
 from steps.config import load_config
 from tests.test_scale_out import BUCKET, _env, _run, s3_on_loopback  # noqa: F401  (s3_on_loopback: a fixture)
 
@@ -55,9 +56,11 @@ def inputs():
     val_tokens, val_lengths = _tokens(2, 24)
     grown = build_model(ModelSpec(n_layer=1, n_embd=32, n_head=2), vocab_size=V, n_positions=L, seed=0)
     indices = np.arange(0, 80, 2)[::-1].copy()                  # a selected subset, not in order
-    return dict(grown_files=model_to_files(grown), train_tokens=train_tokens, train_lengths=train_lengths,
-                val_tokens=val_tokens, val_lengths=val_lengths, indices=indices,
-                weights=np.linspace(0.5, 2.0, len(indices)), seq_len=L - 1, seed=0, progress=False)
+    data = TokenData(train_tokens=train_tokens, train_lengths=train_lengths, val_tokens=val_tokens,
+                     val_lengths=val_lengths, train_sources=np.array(["x"] * len(train_tokens)), vocab_size=V,
+                     seq_len=L - 1, bos_id=0, eos_id=0)
+    return dict(init_files=model_to_files(grown), data=data, indices=indices,
+                weights=np.linspace(0.5, 2.0, len(indices)), seed=0, progress=False)
 
 
 def _torchrun_launcher():
@@ -118,7 +121,7 @@ def test_ddp_resumes_from_its_checkpoint(inputs, ddp, tmp_path, monkeypatch, cap
     with pytest.raises(MetaflowException, match="return code"):
         train_large.run(DDP, "grown", checkpoint_dir=str(tmp_path), launch=launch, **inputs)
     assert "injected failure at step 12 of arm grown" in capfd.readouterr().err
-    assert (tmp_path / "checkpoint.pt").exists()                          # rank 0 saved step 10
+    assert (tmp_path / "step-00000010" / "MANIFEST.json").exists()       # rank 0 saved step 10
     monkeypatch.delenv(train_large.FAIL_ENV)
     resumed = train_large.run(DDP, "grown", checkpoint_dir=str(tmp_path), launch=launch, **inputs)
     assert resumed.resumed_from_step == 10
@@ -143,14 +146,12 @@ def test_nproc_per_node_below_one_is_rejected():
 
 
 def test_more_processes_than_gpus_names_the_key(inputs, monkeypatch):
-    from steps import train_large_ddp
-
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     cfg = dataclasses.replace(DDP, train=dataclasses.replace(DDP.train, device="auto"))
     with pytest.raises(ConfigError, match=r"train_large.nproc_per_node=2 .* has 1 CUDA GPU\(s\)"):
         train_large.run(cfg, "grown", launch=lambda **kw: pytest.fail("launched anyway"), **inputs)
-    assert train_large_ddp.resolve_backend(dataclasses.replace(cfg, nproc_per_node=1))[:2] == ("nccl", "cuda")
+    assert train_large.resolve_backend(dataclasses.replace(cfg, nproc_per_node=1))[:2] == ("nccl", "cuda")
 
 
 def test_nccl_on_cpu_and_a_missing_launcher_are_clear(inputs):
@@ -161,13 +162,14 @@ def test_nccl_on_cpu_and_a_missing_launcher_are_clear(inputs):
         train_large.run(DDP, "grown", **inputs)
 
 
-def test_entry_script_finds_the_repository_by_itself(tmp_path):
-    """Run as a script from elsewhere, nothing on PYTHONPATH: it imports libs/ and steps/ (not steps/select.py
-    in place of the standard library's select) and gets as far as reading its inputs."""
+def test_rank_module_runs_from_anywhere(tmp_path):
+    """``python -m steps.train_large_ddp`` (what torchrun runs with --module) from another folder, nothing on
+    PYTHONPATH: it imports the installed project and gets as far as reading its inputs."""
     import subprocess
 
+    assert train_large.RANK_MODULE == "steps.train_large_ddp" and "module" in train_large.TORCHRUN_ARGS
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    out = subprocess.run([sys.executable, str(ROOT / "steps" / "train_large_ddp.py"), "--work-dir",
+    out = subprocess.run([sys.executable, "-m", train_large.RANK_MODULE, "--work-dir",
                           str(tmp_path / "nothing")], cwd=str(tmp_path), env=env, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode != 0
