@@ -1,4 +1,9 @@
-"""Render the stages' report items (libs.report) as Metaflow card components."""
+"""Render the stages' report items (libs.report) as Metaflow card components.
+
+Every string that reaches a card goes through here: Markdown texts and titles pass through
+``libs.report.safe_markdown`` (no raw HTML, no script links: a model or file name carrying
+markup shows as text and runs nothing), table headers and cells are plain text components.
+"""
 
 from __future__ import annotations
 
@@ -13,18 +18,19 @@ def render(items, card_id: str | None = None) -> None:
     import matplotlib.pyplot as plt
 
     from libs import report
+    from libs.report import safe_markdown
 
     card = current.card[card_id] if card_id else current.card
     for item in items:
         if isinstance(item, report.Markdown):
-            card.append(Markdown(item.text))
+            card.append(Markdown(safe_markdown(item.text)))
         elif isinstance(item, report.Table):
             if item.title:
-                card.append(Markdown(f"### {item.title}"))
+                card.append(Markdown(f"### {safe_markdown(item.title)}"))
             card.append(Table([[str(v) for v in row] for row in item.rows], headers=[str(h) for h in item.headers]))
         elif isinstance(item, report.Figure):
             if item.title:
-                card.append(Markdown(f"### {item.title}"))
+                card.append(Markdown(f"### {safe_markdown(item.title)}"))
             card.append(Image.from_matplotlib(item.figure))
             plt.close(item.figure)
         else:
@@ -48,6 +54,8 @@ class LiveLossCard:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
+        from libs.report import safe_markdown
+
         self.curve.append(dict(record))
         fig, ax = plt.subplots(figsize=(6, 3.5))
         steps = [r["step"] for r in self.curve]
@@ -55,11 +63,12 @@ class LiveLossCard:
         ax.plot(steps, [r["train_eval_loss"] for r in self.curve], marker=".", label="training")
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("loss (nats/token)")
-        ax.set_title(self.title)
+        ax.set_title(self.title.replace("$", r"\$"))      # a '$' in a model name is text, not mathtext
         ax.legend()
         fig.tight_layout()
-        text = (f"**{self.title}** (live): step {record['step']}, validation loss {record['val_loss']:.4f}, "
-                f"training loss {record['train_eval_loss']:.4f}, lr {record['lr']:.2e}")
+        text = safe_markdown(f"**{self.title}** (live): step {record['step']}, validation loss "
+                             f"{record['val_loss']:.4f}, training loss {record['train_eval_loss']:.4f}, "
+                             f"lr {record['lr']:.2e}")
         card = current.card[self.card_id]
         if self._image is None:
             self._text, self._image = Markdown(text), Image.from_matplotlib(fig)
