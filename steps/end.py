@@ -59,7 +59,7 @@ def console_text(result: RunSummary, *, flow_file: str, run_id: str) -> str:
                        if k.startswith("final_val_loss_"))
     return (f"\n=== GrowthFlow run {run_id} ===\n{result.text}\nFinal validation losses: {losses}.\n"
             f"Cards: python {flow_file} card server   (then open http://localhost:8324)\n"
-            f"       python {flow_file} card get join_large --run-id {run_id} verdict.html\n"
+            f"       python {flow_file} card get {run_id}/join_large verdict.html   (the verdict card)\n"
             f"Artifacts: Flow('GrowthFlow')['{run_id}']['end'].task.data.summary (Client API)\n")
 
 

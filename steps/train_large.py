@@ -381,7 +381,8 @@ def loss_curve_figure(curves: dict[str, list[dict]], title: str):
     for i, (arm, curve) in enumerate(curves.items()):
         steps = [r["step"] for r in curve]
         ax.plot(steps, [r["val_loss"] for r in curve], color=f"C{i}", marker="o", ms=3, label=f"{arm} (val)")
-        ax.plot(steps, [r["train_eval_loss"] for r in curve], color=f"C{i}", ls="--", label=f"{arm} (train)")
+        if all("train_eval_loss" in r for r in curve):
+            ax.plot(steps, [r["train_eval_loss"] for r in curve], color=f"C{i}", ls="--", label=f"{arm} (train)")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (nats/token)")
     ax.set_title(title)

@@ -97,22 +97,45 @@ def test_grow_step_fuses_and_reports(prepared):
         grow.run(grow.GrowConfig(method="fuse"), small_models={"a": smalls["a"]}, check_tokens=r.val_tokens, seed=0)
 
 
-def test_join_large_saving_table():
+def _curves(control_final: float):
     scratch = [{"step": s, "val_loss": 5 - s / 100} for s in range(0, 101, 20)]     # final 4.0 at step 100
     grown = [{"step": s, "val_loss": 4.5 - s / 50} for s in range(0, 101, 20)]      # reaches 4.0 at step 25
-    result = join_large.run(curves={"grown": grown, "scratch": scratch},
-                            flops_per_step={"grown": 10.0, "scratch": 10.0}, small_pretrain_flops=500.0)
-    row = {r["arm"]: r for r in result.saving}["grown"]
-    assert row["steps_to_target"] == pytest.approx(25.0)
-    assert row["step_ratio"] == pytest.approx(0.25)
-    assert row["flops_ratio_after_growth"] == pytest.approx(0.25)
-    assert row["flops_ratio_total"] == pytest.approx((250 + 500) / 1000)
-    assert "0.25x the steps" in result.summary
+    control = [{"step": s, "val_loss": 4.6 - (4.6 - control_final) * s / 300} for s in range(0, 301, 50)]
+    return {"grown": grown, "scratch": scratch, "control": control}
 
-    summary = end.run(n_train_docs=100, n_selected=10, selection_method="sensitivity", grow_method="fuse",
-                      preservation={"max_abs_dlogit": 0.5}, saving_summary=result.summary,
-                      large_final_val_loss=result.final_val_loss, large_tokens_per_s={"grown": 1.0, "scratch": 1.0},
-                      gap_predictions={}, saving=result.saving)
-    assert summary.figures["step_ratio_grown"] == pytest.approx(0.25)
-    assert summary.figures["flops_ratio_total_grown"] == pytest.approx(0.75)
-    assert "step_ratio_scratch" not in summary.figures
+
+def _join(control_final: float):
+    return join_large.run(curves=_curves(control_final),
+                          flops_per_step={"grown": 10.0, "scratch": 10.0, "control": 2.0},
+                          small_pretrain_flops={"a": 200.0, "b": 300.0}, components={"grown": ["a", "b"]},
+                          control_small_model="a")
+
+
+def _summary(result):
+    return end.run(n_train_docs=100, n_selected=10, selection_method="sensitivity", grow_method="fuse",
+                   preservation={"max_abs_dlogit": 0.5}, verdict=result.verdict, verdict_summary=result.summary,
+                   large_final_val_loss=result.final_val_loss,
+                   large_tokens_per_s={"grown": 1.0, "scratch": 1.0, "control": 1.0}, gap_predictions={})
+
+
+def test_join_large_states_a_saving_only_behind_a_passing_capacity_check():
+    passed = _join(control_final=4.3)                 # the control ends above scratch's 4.0: capacity passes
+    row = passed.verdict["arms"]["grown"]
+    assert passed.verdict["capacity_check"]["passed"] is True
+    assert row["steps_to_target"] == pytest.approx(25.0) and row["step_ratio"] == pytest.approx(0.25)
+    assert row["flops_ratio_total"] == pytest.approx((250 + 500) / 1000)
+    assert row["flops_ratio_critical_path"] == pytest.approx((250 + 300) / 1000)
+    assert row["verdict"] == "saving" and "0.25x" in passed.summary
+    figures = _summary(passed).figures
+    assert figures["step_ratio_grown"] == pytest.approx(0.25) and figures["verdict_grown"] == "saving"
+    assert "step_ratio_scratch" not in figures and "step_ratio_control" not in figures
+    assert len(join_large.report(passed)) == 4
+
+    failed = _join(control_final=3.8)                 # the small model trained on beats scratch: not assessed
+    row = failed.verdict["arms"]["grown"]
+    assert failed.verdict["capacity_check"]["passed"] is False
+    assert row["verdict"] == "not assessed: capacity check failed" and row["step_ratio"] is None
+    assert "0.25x" not in failed.summary and "no speedup is stated" in failed.summary
+    figures = _summary(failed).figures
+    assert figures["verdict_grown"] == "not assessed: capacity check failed" and "step_ratio_grown" not in figures
+    assert "0.25x" not in _summary(failed).text
