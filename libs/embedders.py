@@ -9,6 +9,13 @@ the input order.
 - :class:`SentenceTransformerEmbedder`: any sentence-transformers model from a local folder,
   or a hub NAME for users with a network (used only when a config names one).
 - :class:`TfidfSvdEmbedder`: TF-IDF over words reduced by a seeded truncated SVD (LSA), fast.
+- :class:`HiddenStateEmbedder`: a causal LM's own hidden states, mean-pooled over each document's
+  tokens. Given the select step's reference model, this is the space in which that model's loss
+  is measured (issue 13: embeddings aligned with the loss). It embeds token rows, not texts:
+  ``embed_tokens(tokens, lengths)``.
+
+Long loops print plain progress lines (:class:`libs.progress.Progress`), which reach Metaflow's
+line-based task logs.
 
 Transformer embedders truncate every text to ``max_seq_length`` tokens (the main lever on CPU
 time) and batch texts sorted by length, which wastes little compute on padding.
@@ -24,7 +31,9 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["MiniLMEmbedder", "SentenceTransformerEmbedder", "TfidfSvdEmbedder"]
+from libs.progress import Progress
+
+__all__ = ["MiniLMEmbedder", "SentenceTransformerEmbedder", "TfidfSvdEmbedder", "HiddenStateEmbedder"]
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:
@@ -71,7 +80,7 @@ class SentenceTransformerEmbedder:
     max_seq_length : tokens kept per text (longer texts are truncated).
     batch_size : texts per forward pass.
     device : "cpu", "cuda", or "auto" (CUDA when available).
-    progress : a tqdm bar over batches on stderr.
+    progress : plain progress lines on stderr (:class:`libs.progress.Progress`), every few seconds.
     """
 
     def __init__(self, model_name_or_path: str, *, max_seq_length: int = 128, batch_size: int = 64,
@@ -121,10 +130,7 @@ class SentenceTransformerEmbedder:
         order = np.argsort([-len(t) for t in texts], kind="stable")     # long first: padding stays small
         batches = [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
         out = None
-        bar = None
-        if self.progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=len(texts), desc=f"embed ({self.name})", unit="text", file=sys.stderr, mininterval=2.0)
+        bar = Progress(total=len(texts), label=f"embed {self.name}", unit="docs") if self.progress else None
         for rows in batches:
             vectors = model.encode([texts[i] for i in rows], batch_size=len(rows), show_progress_bar=False,
                                    convert_to_numpy=True, normalize_embeddings=True)
@@ -198,3 +204,93 @@ class TfidfSvdEmbedder:
                   f"instead of {self.dim}", file=sys.stderr)
         svd = TruncatedSVD(n_components=dim, algorithm="randomized", n_iter=7, random_state=self.random_state)
         return _unit_rows(svd.fit_transform(matrix))
+
+
+class HiddenStateEmbedder:
+    """A causal LM's hidden states, mean-pooled over each row's valid tokens, as unit rows.
+
+    Parameters
+    ----------
+    model : a Hugging Face causal LM (``model(input_ids=..., output_hidden_states=True)``), e.g. the
+        select step's reference model; it is run in eval mode and left as it was found.
+    layer : which hidden state: -1 is the last (after the final norm for GPT-2 style models, the
+        vector the LM head reads), 0 the token + position embeddings.
+    batch_size : rows per forward pass (rows are batched sorted by length).
+    device : torch device to run on.
+    progress : plain progress lines on stderr every few seconds.
+
+    The result is deterministic: no dropout (eval mode), float32 math, the same batches for the
+    same input.
+    """
+
+    def __init__(self, model, *, layer: int = -1, batch_size: int = 64, device: str = "cpu", progress: bool = True):
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1")
+        n_hidden = int(getattr(model.config, "num_hidden_layers", getattr(model.config, "n_layer", 0)))
+        if not -(n_hidden + 1) <= layer <= n_hidden:
+            raise ValueError(f"layer={layer} is outside the model's hidden states [-{n_hidden + 1}, {n_hidden}]")
+        self.model, self.layer, self.batch_size, self.device, self.progress = model, layer, batch_size, device, progress
+        family = getattr(model.config, "model_type", type(model).__name__)
+        self.name = "reference-hidden-states"
+        self.version = (f"{family} ({sum(p.numel() for p in model.parameters()):,} parameters); layer {layer}; "
+                        "mean over valid tokens")
+
+    @property
+    def dim(self) -> int:
+        return int(getattr(self.model.config, "hidden_size", getattr(self.model.config, "n_embd", 0)))
+
+    def embed_tokens(self, tokens: np.ndarray, lengths: np.ndarray, *, with_losses: bool = False):
+        """Embed token rows -> float32 (n, d) unit rows in the input order.
+
+        Parameters
+        ----------
+        tokens : int (n, L), each row padded after its ``lengths`` valid tokens; lengths : int (n,), >= 1.
+        with_losses : also return each row's mean next-token NLL from the same forward pass (float64 (n,),
+            what ``libs.training.per_example_loss`` computes; rows need 2 tokens or more), which halves
+            the select step's passes over the corpus when it needs both.
+
+        Returns
+        -------
+        float32 (n, d), or (float32 (n, d), float64 (n,)) with ``with_losses``
+        """
+        import torch
+        import torch.nn.functional as F
+
+        tokens, lengths = np.asarray(tokens), np.asarray(lengths)
+        if tokens.ndim != 2 or lengths.shape != (len(tokens),):
+            raise ValueError(f"expected tokens (n, L) and lengths (n,), got shapes {tokens.shape} and {lengths.shape}")
+        if len(tokens) == 0:
+            raise ValueError("no token rows to embed; the training split is empty")
+        low = 2 if with_losses else 1
+        if lengths.min() < low or lengths.max() > tokens.shape[1]:
+            raise ValueError(f"lengths must lie in [{low}, {tokens.shape[1]}], got [{lengths.min()}, {lengths.max()}]")
+        model = self.model
+        was_training = model.training
+        model.eval().to(self.device)
+        out = np.empty((len(tokens), self.dim), dtype=np.float32)
+        losses = np.empty(len(tokens), dtype=np.float64)
+        order = np.argsort(-lengths, kind="stable")                 # similar lengths share a batch
+        bar = Progress(total=len(tokens), label=f"embed {self.name}", unit="docs") if self.progress else None
+        with torch.no_grad():
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start:start + self.batch_size]
+                width = int(lengths[idx].max())
+                batch = torch.as_tensor(tokens[idx, :width], dtype=torch.long, device=self.device)   # (B, T)
+                mask = (torch.arange(width, device=self.device)[None, :]
+                        < torch.as_tensor(lengths[idx], device=self.device)[:, None])               # (B, T)
+                output = model(input_ids=batch, output_hidden_states=True)
+                hidden = output.hidden_states[self.layer]                                          # (B, T, C)
+                summed = (hidden.float() * mask[..., None]).sum(1)                                 # (B, C)
+                out[idx] = (summed / mask.sum(1, keepdim=True)).cpu().numpy()
+                if with_losses:                       # position t predicts token t + 1 (causal: as in training)
+                    logits = output.logits[:, :-1].float()                                         # (B, T-1, V)
+                    nll = F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten(), reduction="none")
+                    valid = mask[:, 1:]                                                            # (B, T-1)
+                    nll = nll.view_as(valid) * valid
+                    losses[idx] = (nll.sum(1) / valid.sum(1).clamp_min(1)).double().cpu().numpy()
+                if bar is not None:
+                    bar.update(len(idx))
+        if bar is not None:
+            bar.close()
+        model.train(was_training)
+        return (_unit_rows(out), losses) if with_losses else _unit_rows(out)

@@ -11,6 +11,20 @@ Algorithm 1, as implemented here, on a k-means clustering of the embeddings:
 
 Budget: ``budget`` rows = the k center rows (the paper spends about 20% of its budget on them)
 + ``budget - k`` draws. The few probes that estimate Λ are extra loss queries, reported as cost.
+The proxy that cannot blow up (issue 13). Every loss the method pays for feeds its cluster's
+proxy level: ``level="shrunk"`` (the default) averages the center's and the probes' losses in
+each cluster and shrinks that mean toward the corpus mean by an empirical-Bayes factor
+τ² / (τ² + σ²_within / m) (τ² the spread of the true cluster means, σ²_within the pooled spread of
+the queried losses around their cluster's mean, m the cluster's queried rows), so a noisy or
+adversarial single loss moves its cluster little; ``"mean"`` is the unshrunk mean and
+``"center"`` the literal Algorithm 1 (the center's loss alone). The draws then use the defensive
+mixture p = a/n_d + (1 − a)·p_proxy over the n_d drawable rows (``mixture`` = a, as in
+lightweight coresets): p >= a/n_d, so Σ ℓ²/p <= (n_d/a) Σ ℓ² (the second moment is at most 1/a
+times uniform's), and the self-normalised estimate Σ w·ℓ / Σ w (what training with weights
+normalised to mean 1 computes) has a first-order variance Σ (ℓ − μ)² / (n² p s) at most 1/a times
+uniform's. (The plain unbiased estimate has no such bound relative to uniform's variance: with a
+constant loss uniform's variance is 0 and any non-uniform p's is not.)
+
 The center rows are part of the selected subset (``include_queried=True``, the default): they
 enter the estimate exactly, with weight 1, and the draws are made over the other rows. The
 estimate stays unbiased (given the centers, the draws estimate the rest of the sum), and every
@@ -39,8 +53,9 @@ import numpy as np
 
 from libs.kmeans import check_embeddings
 
-__all__ = ["Sample", "CountingLoss", "SensitivityResult", "ShardStats", "ClusterPlan", "proxy_losses",
-           "estimate_lambda", "holder_ratios", "with_replacement_std", "sensitivity_sample",
+__all__ = ["Sample", "CountingLoss", "SensitivityResult", "ShardStats", "ClusterPlan", "LEVELS", "DEFAULT_MIXTURE",
+           "proxy_losses", "cluster_levels", "mixture_floor", "estimate_lambda", "holder_ratios",
+           "with_replacement_std", "without_replacement_std", "sensitivity_sample",
            "sensitivity_sampling", "sensitivity_sampling_sharded", "shard_stats", "merge_shard_stats",
            "shard_totals", "split_draws", "draw_in_shard", "uniform_sample", "stratified_sample", "kcenter_sample"]
 
@@ -64,12 +79,21 @@ class Sample:
         The chance that one draw picks each row (sums to 1; 0 for ``fixed_rows``).
     fixed_rows : int64 (m,)
         Rows in the subset with certainty and weight 1 (those whose loss the method queried).
+    design : str
+        How ``rows`` were drawn, which fixes the estimate's exact variance (:meth:`exact_std`):
+        "with_replacement" (independent draws with ``probabilities``), "without_replacement" (a
+        simple random subset of the rows that are not fixed), "stratified" (a simple random subset
+        within each stratum) or "deterministic" (no sampling variance defined: k-center).
+    strata : int64 (n,)
+        Each row's stratum for the "stratified" design (empty otherwise).
     """
 
     rows: np.ndarray
     weights: np.ndarray
     probabilities: np.ndarray
     fixed_rows: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    design: str = "with_replacement"
+    strata: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def n(self) -> int:
@@ -94,6 +118,29 @@ class Sample:
     def estimate_mean(self, losses: np.ndarray) -> float:
         """The weighted estimate of ``losses.mean()``."""
         return self.estimate(losses) / self.n
+
+    def exact_std(self, losses: np.ndarray) -> float:
+        """The exact standard deviation of :meth:`estimate` (the total) over this design's draws.
+
+        Computed from the design and the probabilities, not from repeated draws; NaN for the
+        "deterministic" design.
+        """
+        losses = np.asarray(losses, dtype=np.float64)
+        if losses.shape != (self.n,):
+            raise ValueError(f"losses has shape {losses.shape}, expected ({self.n},) (one per row)")
+        if self.design == "with_replacement":
+            return with_replacement_std(losses, self.probabilities, self.n_draws, self.fixed_rows)
+        drawable = np.ones(self.n, dtype=bool)
+        drawable[self.fixed_rows] = False
+        if self.design == "without_replacement":
+            return without_replacement_std(losses[drawable], self.n_draws)
+        if self.design == "stratified":
+            strata = self.strata[drawable]
+            k = int(self.strata.max()) + 1 if len(self.strata) else 0
+            drawn = np.bincount(self.strata[self.rows], minlength=k)
+            return float(np.sqrt(sum(without_replacement_std(losses[drawable][strata == c], int(drawn[c])) ** 2
+                                     for c in range(k) if drawn[c])))
+        return float("nan")
 
     def selected(self) -> tuple[np.ndarray, np.ndarray]:
         """Distinct selected rows (int64, sorted) and their summed weights (float64).
@@ -281,6 +328,77 @@ def with_replacement_std(losses: np.ndarray, probabilities: np.ndarray, n_draws:
     return float(np.sqrt(max(var, 0.0)))
 
 
+def without_replacement_std(losses: np.ndarray, n_draws: int) -> float:
+    """Exact standard deviation of N·mean(ℓ over a simple random subset of ``n_draws`` of the N rows).
+
+    Var = N² (1 − s/N) S² / s with S² the rows' variance (ddof 1): the estimate of ``losses.sum()``
+    by uniform sampling without replacement.
+    """
+    losses = np.asarray(losses, dtype=np.float64)
+    n, s = len(losses), int(n_draws)
+    if not 1 <= s <= n:
+        raise ValueError(f"n_draws={s} must lie in [1, {n}]")
+    if n < 2 or s == n:
+        return 0.0
+    return float(np.sqrt(n * n * (1 - s / n) * losses.var(ddof=1) / s))
+
+
+LEVELS = ("shrunk", "mean", "center")
+
+
+def cluster_levels(center_loss: np.ndarray, probe_loss: np.ndarray, probe_clusters: np.ndarray, *,
+                   level: str = "shrunk", cluster_sizes: np.ndarray | None = None) -> np.ndarray:
+    """Each cluster's proxy level from every loss queried in it (its center and its probes).
+
+    Parameters
+    ----------
+    center_loss : float (k,) the loss of each cluster's center row.
+    probe_loss : float (p,); probe_clusters : int (p,) the probes' losses and clusters.
+    level : "center" (the center's loss: literal Algorithm 1), "mean" (mean of the cluster's queried
+        losses) or "shrunk" (that mean shrunk toward the corpus mean by the empirical-Bayes factor
+        B_i = τ² / (τ² + σ²_w / m_i); see the module docstring).
+    cluster_sizes : int (k,) rows per cluster; weighs the corpus mean (default: equal weights).
+
+    Returns
+    -------
+    float64 (k,)
+    """
+    if level not in LEVELS:
+        raise ValueError(f"level={level!r} is not one of {LEVELS}")
+    center_loss = np.asarray(center_loss, dtype=np.float64)
+    if level == "center":
+        return center_loss.copy()
+    probe_loss = np.asarray(probe_loss, dtype=np.float64)
+    probe_clusters = np.asarray(probe_clusters, dtype=np.int64)
+    k = len(center_loss)
+    counts = 1 + np.bincount(probe_clusters, minlength=k)
+    sums = center_loss + np.bincount(probe_clusters, weights=probe_loss, minlength=k)
+    means = sums / counts
+    if level == "mean":
+        return means
+    squares = (center_loss - means) ** 2 + np.bincount(probe_clusters, weights=(probe_loss - means[probe_clusters]) ** 2,
+                                                       minlength=k)
+    dof = int((counts - 1).sum())
+    within = float(squares.sum() / dof) if dof else 0.0                  # pooled σ²_w
+    sizes = np.ones(k) if cluster_sizes is None else np.asarray(cluster_sizes, dtype=np.float64)
+    grand = float(np.dot(sizes, means) / sizes.sum())
+    noise = within / counts                                              # variance of each cluster's mean
+    between = float(((means - means.mean()) ** 2).sum() / (k - 1)) if k > 1 else 0.0
+    tau2 = max(between - float(noise.mean()), 0.0)                       # spread of the true cluster means
+    denominator = tau2 + noise
+    shrink = np.where(denominator > 0, tau2 / np.where(denominator > 0, denominator, 1.0), 1.0)
+    return grand + shrink * (means - grand)
+
+
+def mixture_floor(mean_score: float, floor: float, mixture: float) -> float:
+    """φ added to every drawable row's proxy score so that p = a/n_d + (1 − a)·(ℓ̂ + floor·m̄)/Σ(ℓ̂ + floor·m̄).
+
+    With m̄ the mean ℓ̂ over the drawable rows, φ = m̄·(floor + a(1 + floor)/(1 − a)): adding a
+    constant to every score is exactly the mixture with uniform.
+    """
+    return mean_score * (floor + mixture * (1.0 + floor) / (1.0 - mixture))
+
+
 # ----------------------------------------------------------------------------------------------
 # the two passes over shards (one machine = one shard)
 
@@ -432,12 +550,13 @@ def _known_in_shard(known_rows, offset, n_rows):
 
 def shard_totals(stats: Sequence[ShardStats], center_loss: np.ndarray, lam: float, known_rows: np.ndarray,
                  known_clusters: np.ndarray, known_sq: np.ndarray, *, distance_only: bool = False,
-                 floor: float = 1e-6) -> tuple[np.ndarray, float]:
+                 floor: float = 1e-6, mixture: float = 0.0) -> tuple[np.ndarray, float]:
     """The driver's sums between the passes: Σ ℓ̂ over each shard's drawable rows, from O(k) stats.
 
-    Every drawable row's score is ℓ̂(e) + φ, with φ = ``floor`` × the mean ℓ̂ over drawable rows
-    (so that no row has probability 0 and the estimate stays unbiased; φ is negligible otherwise).
-    Known rows (queried, in the subset with weight 1) are not drawable.
+    Every drawable row's score is ℓ̂(e) + φ, with φ from :func:`mixture_floor`: ``floor`` × the
+    mean ℓ̂ over drawable rows (no row has probability 0) plus the defensive mixture with uniform
+    (``mixture`` = a). ``center_loss`` is each cluster's proxy level. Known rows (queried, in the
+    subset with weight 1) are not drawable.
 
     Returns
     -------
@@ -457,7 +576,7 @@ def shard_totals(stats: Sequence[ShardStats], center_loss: np.ndarray, lam: floa
     raw, drawable = np.asarray(raw), np.asarray(drawable)
     if drawable.sum() == 0:
         raise ValueError("every row is known already: there is nothing left to draw from")
-    phi = floor * max(raw.sum() / drawable.sum(), 1e-300)
+    phi = mixture_floor(max(raw.sum() / drawable.sum(), 1e-300), floor, mixture)
     return raw + phi * drawable, float(phi)
 
 
@@ -501,7 +620,7 @@ def draw_in_shard(assignment: np.ndarray, sq_distance: np.ndarray, center_loss: 
     scores = _proxy(np.asarray(center_loss, dtype=np.float64), assignment, sq_distance, lam, distance_only) + phi
     scores[np.asarray(known_local_rows, dtype=np.int64)] = 0.0
     cumulative = np.cumsum(scores)
-    if cumulative[-1] <= 0:
+    if not len(scores) or cumulative[-1] <= 0:
         return np.zeros(0, dtype=np.int64), scores
     rows = np.searchsorted(cumulative, np.asarray(local_uniforms) * cumulative[-1], side="right")
     last = int(np.flatnonzero(scores > 0)[-1])
@@ -519,9 +638,11 @@ class SensitivityResult:
     ----------
     sample : Sample (fixed rows = the center rows when ``include_queried``)
     center_indices : int64 (k,); center_loss : float64 (k,) (NaN in the distance-only variant)
-    probe_rows : int64 (p,); probe_loss : float64 (p,) the rows probed for Λ and their losses
+    probe_rows : int64 (p,); probe_loss : float64 (p,); probe_clusters : int64 (p,) the probed rows
+    levels : float64 (k,) each cluster's proxy level (see :func:`cluster_levels`; NaN distance-only)
     lambda_ : float Λ used (inf for the distance-only variant)
-    n_loss_queries : int distinct rows whose loss was queried to select
+    mixture : float a of the defensive mixture p = a/n_d + (1 − a)·p_proxy
+    n_loss_queries : int distinct rows whose loss was queried to select (centers + probes)
     cluster_sizes : int64 (k,); cluster_costs : float64 (k,)
     """
 
@@ -534,13 +655,20 @@ class SensitivityResult:
     n_loss_queries: int
     cluster_sizes: np.ndarray
     cluster_costs: np.ndarray
+    probe_clusters: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    levels: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    mixture: float = 0.0
+
+
+DEFAULT_MIXTURE = 0.2
 
 
 def sensitivity_sampling(assignment: np.ndarray, sq_distance: np.ndarray, loss_fn: LossFn, budget: int, *,
                          n_clusters: int | None = None, lambda_: float | None = None, probes_per_cluster: int = 2,
                          include_queried: bool = True, distance_only: bool = False, floor: float = 1e-6,
+                         level: str = "shrunk", mixture: float = DEFAULT_MIXTURE,
                          random_state: int = 0) -> SensitivityResult:
-    """Algorithm 1 on one machine: the centers' losses, Λ, then ``budget - k`` draws with replacement.
+    """Algorithm 1 on one machine, with the robust proxy: centers' and probes' losses, Λ, ``budget - k`` draws.
 
     Parameters
     ----------
@@ -548,13 +676,16 @@ def sensitivity_sampling(assignment: np.ndarray, sq_distance: np.ndarray, loss_f
     loss_fn : ``loss_fn(rows int64 (m,)) -> float (m,)``, the reference model's per-row loss (>= 0).
     budget : rows in the subset, center rows included (k < budget <= n).
     n_clusters : k (default: ``assignment.max() + 1``); every cluster must have rows.
-    lambda_ : Λ >= 0, or None to estimate it from ``probes_per_cluster`` extra queries per cluster
-        (rows drawn uniformly within each cluster, never its center).
+    lambda_ : Λ >= 0, or None to estimate it from the probes.
+    probes_per_cluster : extra loss queries per cluster (rows drawn uniformly within each cluster,
+        never its center; >= 1). They estimate Λ and, with the center, the cluster's level.
     include_queried : the center rows join the subset with weight 1 and are not drawn (default);
         False: the literal Algorithm 1, draws over every row (the centers still cost budget).
     distance_only : the Λ → ∞ limit, p ∝ ‖e − c‖²: sampling needs no loss query (the
         center rows still join the subset when ``include_queried``, else all ``budget`` rows are draws).
-    floor : every drawable row's score gets ``floor`` × the mean score added (keeps p > 0).
+    floor : > 0; every drawable row's score gets ``floor`` × the mean score added (keeps p > 0).
+    level : how each cluster's proxy level is formed, see :func:`cluster_levels`.
+    mixture : a in [0, 1), the defensive mixture p = a/n_d + (1 − a)·p_proxy.
     random_state : seeds the probes and the draws.
 
     Returns
@@ -565,28 +696,37 @@ def sensitivity_sampling(assignment: np.ndarray, sq_distance: np.ndarray, loss_f
     ------
     ValueError
         On mismatched lengths, an empty cluster, a budget larger than the data or too small to
-        leave a draw after the centers, a negative Λ, or non-finite / negative losses.
+        leave a draw after the centers, a negative Λ, ``floor`` <= 0, ``probes_per_cluster`` < 1,
+        ``mixture`` outside [0, 1), or non-finite / negative losses at the centers or the probes.
     """
     return sensitivity_sampling_sharded([(assignment, sq_distance)], loss_fn, budget, n_clusters=n_clusters,
                                         lambda_=lambda_, probes_per_cluster=probes_per_cluster,
                                         include_queried=include_queried, distance_only=distance_only, floor=floor,
-                                        random_state=random_state)
+                                        level=level, mixture=mixture, random_state=random_state)
+
+
+def _check_losses(values: np.ndarray, rows: np.ndarray, what: str) -> None:
+    if (values < 0).any():
+        bad = np.flatnonzero(values < 0)[:5]
+        raise ValueError(f"loss_fn returned negative losses at {what} rows {rows[bad].tolist()} (values "
+                         f"{np.round(values[bad], 4).tolist()}); sensitivity sampling needs non-negative losses "
+                         "(shift them by a constant, or use distance_only)")
 
 
 def sensitivity_sampling_sharded(shards: Sequence[tuple[np.ndarray, np.ndarray]], loss_fn: LossFn, budget: int, *,
                                  n_clusters: int | None = None, lambda_: float | None = None,
                                  probes_per_cluster: int = 2, include_queried: bool = True,
-                                 distance_only: bool = False, floor: float = 1e-6,
-                                 random_state: int = 0) -> SensitivityResult:
+                                 distance_only: bool = False, floor: float = 1e-6, level: str = "shrunk",
+                                 mixture: float = DEFAULT_MIXTURE, random_state: int = 0) -> SensitivityResult:
     """Algorithm 1 over row shards in two passes; the same draws as :func:`sensitivity_sampling` for a seed.
 
     Parameters
     ----------
     shards : sequence of (assignment int (m_j,), sq_distance float (m_j,)), consecutive blocks of the
-        global rows (shard j starts at row Σ_{i<j} m_i). In a distributed run each pair stays on its
-        worker; only O(k) numbers per shard travel (see :class:`ShardStats`).
-    loss_fn, budget, n_clusters, lambda_, probes_per_cluster, include_queried, distance_only, floor,
-    random_state : as in :func:`sensitivity_sampling`.
+        global rows (shard j starts at row Σ_{i<j} m_i); a shard may be empty. In a distributed run
+        each pair stays on its worker; only O(k) numbers per shard travel (see :class:`ShardStats`).
+    loss_fn, budget, n_clusters, lambda_, probes_per_cluster, include_queried, distance_only, floor, level,
+    mixture, random_state : as in :func:`sensitivity_sampling`.
     """
     if not shards:
         raise ValueError("no shards: pass at least one (assignment, sq_distance) pair")
@@ -597,19 +737,29 @@ def sensitivity_sampling_sharded(shards: Sequence[tuple[np.ndarray, np.ndarray]]
     checked = []
     for j, (a, d) in enumerate(shards):
         try:
-            checked.append(_check_clustering(a, d, k, allow_empty=True)[:2])
+            checked.append(_check_clustering(np.asarray(a, dtype=np.int64) if np.asarray(a).size == 0 else a, d, k,
+                                             allow_empty=True)[:2])
         except ValueError as exc:
             raise ValueError(f"shard {j}: {exc}" if len(shards) > 1 else str(exc)) from exc
     n = sum(len(a) for a, _ in checked)
     budget = _check_budget(n, budget)
     if lambda_ is not None and not distance_only and (not np.isfinite(lambda_) or lambda_ < 0):
         raise ValueError(f"lambda_={lambda_} must be finite and >= 0 (or None to estimate it)")
-    if floor < 0:
-        raise ValueError(f"floor={floor} must be >= 0")
-    estimate = lambda_ is None and not distance_only
-    n_probe = _as_int(probes_per_cluster, "probes_per_cluster") if estimate else 0
-    if n_probe < 0:
-        raise ValueError(f"probes_per_cluster={probes_per_cluster} must be >= 0")
+    if not np.isfinite(floor) or floor <= 0:
+        raise ValueError(f"floor={floor} must be > 0: a row whose proxy score is 0 would never be drawn and the "
+                         "estimate would be biased (the default 1e-6 changes nothing else)")
+    if not np.isfinite(mixture) or not 0.0 <= mixture < 1.0:
+        raise ValueError(f"mixture={mixture} must lie in [0, 1) (the uniform share a of p = a/n + (1 - a) p_proxy; "
+                         "for a = 1 use uniform sampling)")
+    if level not in LEVELS:
+        raise ValueError(f"level={level!r} is not one of {LEVELS}")
+    n_probe = 0
+    if not distance_only:
+        n_probe = _as_int(probes_per_cluster, "probes_per_cluster")
+        if n_probe < 1:
+            raise ValueError(f"probes_per_cluster={probes_per_cluster} must be >= 1: the probes estimate Λ and, with "
+                             "each center, its cluster's loss level (one center's loss alone is a fragile proxy); "
+                             "use 1 or more, or distance_only=True")
 
     # pass 1: per-shard stats, merged by the driver
     offsets = np.concatenate([[0], np.cumsum([len(a) for a, _ in checked])[:-1]])
@@ -617,22 +767,22 @@ def sensitivity_sampling_sharded(shards: Sequence[tuple[np.ndarray, np.ndarray]]
                          random_state=random_state) for (a, d), o in zip(checked, offsets)]
     plan = merge_shard_stats(stats, n_probe)
 
-    # the driver's loss queries: centers, then probes for Λ
+    # the driver's loss queries: centers, then probes (Λ and the cluster levels)
     counting = CountingLoss(loss_fn, n)
     if distance_only:
-        center_loss = np.full(k, np.nan)
+        center_loss = levels = np.full(k, np.nan)
         lam = float("inf")
         probe_rows, probe_loss = np.zeros(0, dtype=np.int64), np.zeros(0)
+        probe_clusters = np.zeros(0, dtype=np.int64)
     else:
         center_loss = counting(plan.center_indices)
-        if (center_loss < 0).any():
-            negative = np.flatnonzero(center_loss < 0)[:5].tolist()
-            raise ValueError(f"loss_fn returned negative losses at centers {negative}; sensitivity sampling needs "
-                             "non-negative losses (shift them, or use distance_only)")
-        probe_rows = plan.probe_rows
+        _check_losses(center_loss, plan.center_indices, "center")
+        probe_rows, probe_clusters = plan.probe_rows, plan.probe_clusters
         probe_loss = counting(probe_rows)
+        _check_losses(probe_loss, probe_rows, "probe")
         lam = float(lambda_) if lambda_ is not None else estimate_lambda(
-            probe_loss, center_loss[plan.probe_clusters], plan.probe_sq)
+            probe_loss, center_loss[probe_clusters], plan.probe_sq)
+        levels = cluster_levels(center_loss, probe_loss, probe_clusters, level=level, cluster_sizes=plan.sizes)
     # the budget: k center rows + the draws (the probes are extra queries, reported as cost)
     n_draws = budget - (k if (include_queried or not distance_only) else 0)
     if n_draws < 1:
@@ -643,18 +793,18 @@ def sensitivity_sampling_sharded(shards: Sequence[tuple[np.ndarray, np.ndarray]]
     else:
         known_rows = known_clusters = np.zeros(0, dtype=np.int64)
         known_sq = np.zeros(0)
-    score_center_loss = np.zeros(k) if distance_only else center_loss
+    score_level = np.zeros(k) if distance_only else levels
 
     # between the passes: per-shard sums; pass 2: each shard draws its share
-    totals, phi = shard_totals(stats, score_center_loss, 0.0 if distance_only else lam, known_rows, known_clusters,
-                               known_sq, distance_only=distance_only, floor=floor)
+    totals, phi = shard_totals(stats, score_level, 0.0 if distance_only else lam, known_rows, known_clusters,
+                               known_sq, distance_only=distance_only, floor=floor, mixture=mixture)
     grand_total = float(totals.sum())
     rows = np.empty(n_draws, dtype=np.int64)
     scores_drawn = np.empty(n_draws)
     probabilities = np.empty(n)
     for (a, d), s, (positions, local_u) in zip(checked, stats,
                                                split_draws(totals, n_draws, random_state=random_state)):
-        local_rows, scores = draw_in_shard(a, d, score_center_loss, 0.0 if distance_only else lam, local_u,
+        local_rows, scores = draw_in_shard(a, d, score_level, 0.0 if distance_only else lam, local_u,
                                            _known_in_shard(known_rows, s.offset, s.n_rows), phi,
                                            distance_only=distance_only)
         rows[positions] = local_rows + s.offset
@@ -665,18 +815,20 @@ def sensitivity_sampling_sharded(shards: Sequence[tuple[np.ndarray, np.ndarray]]
                     fixed_rows=np.sort(known_rows).astype(np.int64))
     return SensitivityResult(sample=sample, center_indices=plan.center_indices, center_loss=center_loss,
                              probe_rows=probe_rows, probe_loss=probe_loss, lambda_=lam,
-                             n_loss_queries=counting.n_queries, cluster_sizes=plan.sizes, cluster_costs=plan.costs)
+                             n_loss_queries=counting.n_queries, cluster_sizes=plan.sizes, cluster_costs=plan.costs,
+                             probe_clusters=probe_clusters, levels=levels, mixture=float(mixture))
 
 
 def sensitivity_sample(assignment: np.ndarray, sq_distance: np.ndarray, center_loss: np.ndarray, lam: float,
                        n_draws: int, *, known_rows: np.ndarray = (), distance_only: bool = False,
-                       floor: float = 1e-6, random_state: int = 0) -> Sample:
+                       floor: float = 1e-6, mixture: float = 0.0, random_state: int = 0) -> Sample:
     """The sampling step alone, with the center losses and Λ given: ``n_draws`` draws, p ∝ ℓ̂ (+ floor).
 
     Parameters
     ----------
     assignment : int (n,); sq_distance : float (n,); center_loss : float (k,); lam : Λ >= 0.
     n_draws : draws with replacement (1 <= n_draws <= n).
+    mixture : a in [0, 1) of the defensive mixture with uniform.
     known_rows : rows not drawn, in the subset with weight 1 (their losses are known).
     distance_only : p ∝ ‖e − c‖² (the Λ → ∞ limit; ``lam`` and ``center_loss`` are ignored).
     """
@@ -692,8 +844,10 @@ def sensitivity_sample(assignment: np.ndarray, sq_distance: np.ndarray, center_l
     stats = [shard_stats(assignment, sq_distance, k)]
     cl = np.zeros(k) if distance_only else center_loss
     lam_used = 0.0 if distance_only else lam
+    if not np.isfinite(floor) or floor <= 0 or not 0.0 <= mixture < 1.0:
+        raise ValueError(f"floor={floor} must be > 0 and mixture={mixture} must lie in [0, 1)")
     totals, phi = shard_totals(stats, cl, lam_used, known_rows, assignment[known_rows], sq_distance[known_rows],
-                               distance_only=distance_only, floor=floor)
+                               distance_only=distance_only, floor=floor, mixture=mixture)
     [(positions, local_u)] = split_draws(totals, n_draws, random_state=random_state)
     rows, scores = draw_in_shard(assignment, sq_distance, cl, lam_used, local_u, known_rows, phi,
                                  distance_only=distance_only)
@@ -705,18 +859,20 @@ def sensitivity_sample(assignment: np.ndarray, sq_distance: np.ndarray, center_l
 # ----------------------------------------------------------------------------------------------
 # baselines
 
-def uniform_sample(n: int, budget: int, *, replace: bool = True, random_state: int = 0) -> Sample:
-    """Uniform sampling of ``budget`` rows out of ``n``.
+def uniform_sample(n: int, budget: int, *, replace: bool = False, random_state: int = 0) -> Sample:
+    """Uniform sampling of ``budget`` rows out of ``n``: the uniform baseline.
 
-    ``replace=True`` is the same estimator as sensitivity sampling with equal probabilities
-    (weights n / budget); ``replace=False`` a simple random subset (weights n / budget too,
-    also unbiased, slightly lower variance).
+    ``replace=False`` (the default, the baseline everywhere) is a simple random subset of
+    ``budget`` distinct rows, weights n / budget, unbiased, variance N²(1 − s/N)S²/s;
+    ``replace=True`` is the estimator of sensitivity sampling with equal probabilities (repeats
+    possible, variance without the (1 − s/N) factor).
     """
     n = _as_int(n, "n")
     budget = _check_budget(n, budget)
     rng = np.random.default_rng(random_state)
     rows = rng.choice(n, size=budget, replace=replace).astype(np.int64)
-    return Sample(rows=rows, weights=np.full(budget, n / budget), probabilities=np.full(n, 1.0 / n))
+    return Sample(rows=rows, weights=np.full(budget, n / budget), probabilities=np.full(n, 1.0 / n),
+                  design="with_replacement" if replace else "without_replacement")
 
 
 def stratified_sample(assignment: np.ndarray, budget: int, *, n_clusters: int | None = None,
@@ -756,7 +912,7 @@ def stratified_sample(assignment: np.ndarray, budget: int, *, n_clusters: int | 
         weights.append(np.full(alloc[c], sizes[c] / alloc[c]))
     probabilities = (alloc / (budget * sizes))[assignment]
     return Sample(rows=np.concatenate(rows).astype(np.int64), weights=np.concatenate(weights),
-                  probabilities=probabilities)
+                  probabilities=probabilities, design="stratified", strata=assignment)
 
 
 def kcenter_sample(x: np.ndarray, budget: int, *, random_state: int = 0) -> Sample:
@@ -794,4 +950,4 @@ def kcenter_sample(x: np.ndarray, budget: int, *, random_state: int = 0) -> Samp
     probabilities = np.zeros(n)
     probabilities[chosen] = 1.0 / budget
     return Sample(rows=chosen, weights=np.bincount(owner, minlength=budget).astype(np.float64),
-                  probabilities=probabilities)
+                  probabilities=probabilities, design="deterministic")

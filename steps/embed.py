@@ -2,6 +2,11 @@
 
 ``run(cfg, texts, seed=...)`` returns float32 ``(n, d)`` unit rows in the order of ``texts``
 (row i embeds training document i), the embedder's name and version, and its speed.
+
+``method = "reference"``: the documents are embedded by the select step's reference model (its
+mean-pooled hidden states, the space in which the loss being estimated lives), because that
+model only exists inside select_data. This step then returns an empty ``(0, 0)`` matrix and says
+so; select_data sees no embeddings and embeds with its reference model.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from libs.schema import option
 
 __all__ = ["METHODS", "EmbedConfig", "EmbedResult", "make_embedder", "run", "report"]
 
-METHODS = ("minilm", "tfidf", "sentence-transformers")
+METHODS = ("minilm", "tfidf", "sentence-transformers", "reference")
+REFERENCE_NAME = "reference-hidden-states (computed in select_data)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +33,9 @@ class EmbedConfig:
 
     method: str = option("minilm", "'minilm' (all-MiniLM-L6-v2 shipped in a package, offline), 'tfidf' (TF-IDF + "
                          "truncated SVD, fast), 'sentence-transformers' (model_name: a local folder, or a hub "
-                         "name where there is a network)", choices=METHODS)
+                         "name where there is a network), 'reference' (the select step's reference model's "
+                         "mean-pooled hidden states, computed in select_data: this step passes no embeddings)",
+                         choices=METHODS)
     model_name: str = option("", "for method 'sentence-transformers': a local model folder or a hub model name")
     max_seq_length: int = option(128, "transformer embedders truncate each document to this many tokens (the "
                                  "main lever on CPU time: 64 is about twice as fast as 128)", min=8)
@@ -52,7 +60,7 @@ class EmbedConfig:
 class EmbedResult:
     """embeddings float32 (n, d) unit rows in the input order; which embedder; how fast."""
 
-    embeddings: np.ndarray
+    embeddings: np.ndarray      # float32 (n, d); (0, 0) for method "reference" (select_data embeds)
     embedder_name: str
     embedder_version: str
     seconds: float
@@ -86,7 +94,13 @@ def run(cfg: EmbedConfig, texts, *, seed: int, progress: bool = True) -> EmbedRe
     texts = list(texts)
     if not texts:
         raise ValueError("no documents to embed: the training split is empty (check the prepare settings)")
-    if cfg.method != "tfidf" and cfg.max_docs and len(texts) > cfg.max_docs:
+    if cfg.method == "reference":
+        print(f"[embed] method 'reference': select_data embeds the {len(texts)} documents with its reference model",
+              file=sys.stderr, flush=True)
+        return EmbedResult(embeddings=np.zeros((0, 0), dtype=np.float32), embedder_name=REFERENCE_NAME,
+                           embedder_version="mean-pooled last hidden state of select_data's reference model",
+                           seconds=0.0, texts_per_s=0.0)
+    if cfg.method not in ("tfidf", "reference") and cfg.max_docs and len(texts) > cfg.max_docs:
         raise ValueError(f"{len(texts)} documents exceed embed.max_docs={cfg.max_docs} for the {cfg.method} embedder "
                          "(CPU time grows with it); raise embed.max_docs (0 = no limit), lower "
                          "prepare.max_docs_per_source, or use embed.method='tfidf'")
@@ -109,6 +123,9 @@ def report(result: EmbedResult) -> list:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if result.embeddings.size == 0:
+        return [Markdown(f"## Embeddings\n\n**{result.embedder_name}**: {result.embedder_version}. The select_data "
+                         "step embeds the documents with its reference model (see its card).")]
     x = result.embeddings.astype(np.float64)
     n, d = x.shape
     rows = np.random.default_rng(0).choice(n, min(n, 3000), replace=False)

@@ -1,10 +1,20 @@
 """Stage: choose a small weighted subset of the training documents.
 
 Sensitivity sampling (Axiotis et al., ICML 2024, Algorithm 1; see ``libs/sampling.py``): k-means on
-the document embeddings, the reference model's loss at each cluster's nearest real document,
-the proxy loss ℓ̂(e) = ℓ(c) + Λ‖e − c‖², and ``budget - k`` draws with replacement with p ∝ ℓ̂,
-weighted 1/(s·p); the k center documents join the subset with weight 1. The baselines
-(uniform, stratified by cluster, k-center greedy) share the API and the card.
+the document embeddings, the reference model's loss at each cluster's nearest real document and at
+a few probes per cluster, the proxy loss ℓ̂(e) = level(c) + Λ‖e − c‖² (the level uses every loss
+queried in the cluster, shrunk toward the corpus mean), and ``budget - k`` draws with replacement
+with the defensive mixture p = a/n + (1 − a)·ℓ̂/Σℓ̂, weighted 1/(s·p); the k center documents join
+the subset with weight 1. The baselines (uniform without replacement, stratified by cluster,
+k-center greedy) share the API and the card.
+
+Embeddings: the embed step's matrix, or (``embeddings=None`` or an empty matrix, which the embed
+step returns for ``embed.method = "reference"``) the reference model's own mean-pooled hidden
+states, computed here because the reference model lives here.
+
+Equal cost: the card compares the estimate's exact standard deviation (from the sampling
+probabilities) with uniform sampling at equal documents (the budget) and at equal loss queries
+(the budget plus the probes' queries as extra uniform rows).
 
 The reference model is a tiny LM trained briefly on a uniform slice of the training documents
 (its cost is reported), or a local ``save_pretrained`` folder. The card checks the subset: its
@@ -23,13 +33,15 @@ import time
 
 import numpy as np
 
+from libs.embedders import HiddenStateEmbedder
 from libs.kmeans import INITS, assign_to_centers, check_embeddings, summarize_clustering, train_centers
 from libs.models import ModelSpec, build_model, model_to_files
 from libs.report import Figure, Markdown, Table
-from libs.sampling import (CountingLoss, Sample, holder_ratios, kcenter_sample, proxy_losses,
-                           sensitivity_sampling, sensitivity_sampling_sharded, stratified_sample, uniform_sample,
-                           with_replacement_std)
+from libs.sampling import (DEFAULT_MIXTURE, LEVELS, CountingLoss, Sample, holder_ratios, kcenter_sample,
+                           proxy_losses, sensitivity_sampling, sensitivity_sampling_sharded, stratified_sample,
+                           uniform_sample, without_replacement_std)
 from libs.schema import option
+from libs.token_data import TokenData
 from libs.training import TrainConfig, per_example_loss, resolve_device, train_model
 
 __all__ = ["METHODS", "SelectConfig", "SelectResult", "run", "report"]
@@ -59,8 +71,18 @@ class SelectConfig:
                                           "random (0 = all; faiss would silently use 256 x k)", min=0)
     lambda_value: float = option(-1.0, "Λ of the proxy loss ℓ(c) + Λ‖e − c‖²; < 0 = estimate it from "
                                  "lambda_queries_per_cluster extra loss queries per cluster")
-    lambda_queries_per_cluster: int = option(2, "extra loss queries per cluster that estimate Λ (reported as "
-                                             "cost, not part of the budget)", min=1)
+    lambda_queries_per_cluster: int = option(2, "probes: extra loss queries per cluster (uniform within it, never "
+                                             "the center) that estimate Λ and, with the center, the cluster's loss "
+                                             "level; reported as cost, not part of the budget", min=1)
+    proxy_level: str = option("shrunk", "each cluster's proxy level: 'shrunk' (mean of the center's and probes' "
+                              "losses, shrunk toward the corpus mean by the empirical-Bayes factor "
+                              "τ²/(τ² + σ²_within/m)), 'mean' (that mean unshrunk), 'center' (the center's loss "
+                              "alone: literal Algorithm 1, fragile)", choices=LEVELS)
+    mixture: float = option(DEFAULT_MIXTURE, "a of the defensive mixture p = a/n + (1 - a) p_proxy: every "
+                            "document keeps at least a/n of a draw, so the second moment of the weighted loss is "
+                            "at most 1/a times uniform's and the self-normalised estimate's variance at most "
+                            "1/a times uniform's; 0 = the proxy alone. 0.2 was chosen by measurement "
+                            "(bench/bench_selection.py, README)", min=0.0, max=0.99)
     include_centers: bool = option(True, "the k center documents join the subset with weight 1 and the draws "
                                    "cover the rest (unbiased); false = Algorithm 1 literally (draws over all)")
     n_shards: int = option(1, "assign and sample in this many row shards with the two-pass algorithm "
@@ -79,7 +101,8 @@ class SelectConfig:
     loss_batch_size: int = option(64, "documents per forward pass when the reference model computes losses", min=1)
     diagnostics: bool = option(True, "compute every training document's reference loss for the card's estimate "
                                "check (one forward pass over the training set)")
-    diagnostic_seeds: int = option(20, "seeds over which the card compares the estimate with uniform sampling",
+    diagnostic_seeds: int = option(20, "seeds over which the card measures the estimate's spread for methods "
+                                   "without an exact standard deviation (kcenter); the others use the exact one",
                                    min=1)
 
     def __post_init__(self) -> None:
@@ -105,6 +128,9 @@ class SelectResult:
     reference_seconds : time to train (or load) the reference model; reference_model_files : HF files
         ({} when no reference model was needed: a baseline with diagnostics off).
     losses : float64 (n,) every row's reference loss (empty when diagnostics is off).
+    embeddings : float32 (n, d) the reference model's hidden-state embeddings when this step computed them
+        (no embeddings passed in), else (0, 0); embedder_name : what the clustering used.
+    levels : float64 (k,) each cluster's proxy level (NaN for the baselines).
     diagnostics : dict, the estimate check and costs; source_table, cluster_table : rows for the card.
     """
 
@@ -130,6 +156,9 @@ class SelectResult:
     source_table: list
     cluster_table: list
     seconds: float
+    embeddings: np.ndarray
+    embedder_name: str
+    levels: np.ndarray
 
 
 # ----------------------------------------------------------------------------------------------
@@ -158,20 +187,19 @@ def _n_clusters(cfg: SelectConfig, budget: int, n: int) -> int:
     return k
 
 
-def _check_inputs(embeddings, train_tokens, train_lengths, val_tokens, val_lengths, train_sources) -> int:
-    n = len(train_tokens)
+def _check_inputs(embeddings, data: TokenData) -> int:
+    if not isinstance(data, TokenData):
+        raise TypeError(f"data must be a libs.token_data.TokenData, got {type(data).__name__}; build one with "
+                        "TokenData.from_attrs(prepare_result)")
+    n = data.n_train
     if n == 0:
         raise ValueError("there are no training documents to select from")
-    for name, a in (("embeddings", embeddings), ("train_lengths", train_lengths), ("train_sources", train_sources)):
-        if len(a) != n:
-            raise ValueError(f"{name} has {len(a)} rows but there are {n} training documents; they must match")
-    if len(val_tokens) != len(val_lengths):
-        raise ValueError(f"val_tokens has {len(val_tokens)} rows but val_lengths has {len(val_lengths)}")
+    if embeddings is not None and np.asarray(embeddings).size and len(embeddings) != n:
+        raise ValueError(f"embeddings has {len(embeddings)} rows but there are {n} training documents; they must match")
     return n
 
 
-def _reference_model(cfg: SelectConfig, train_tokens, train_lengths, val_tokens, val_lengths, vocab_size, seq_len,
-                     seed, progress):
+def _reference_model(cfg: SelectConfig, data: TokenData, seed, progress):
     """The reference model and its cost (seconds, training tokens, slice size)."""
     t0 = time.perf_counter()
     if cfg.reference_model_path:
@@ -184,16 +212,16 @@ def _reference_model(cfg: SelectConfig, train_tokens, train_lengths, val_tokens,
             raise ValueError(f"select.reference_model_path={cfg.reference_model_path!r} is not a folder; give a "
                              "local save_pretrained folder, or leave it empty to train a tiny reference model")
         model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
-        if model.config.vocab_size < vocab_size:
+        if model.config.vocab_size < data.vocab_size:
             raise ValueError(f"the reference model at {path} has vocab_size {model.config.vocab_size} but the "
-                             f"tokenizer has {vocab_size}; use a model trained with this run's tokenizer")
+                             f"tokenizer has {data.vocab_size}; use a model trained with this run's tokenizer")
         model.eval()
         return model, {"seconds": time.perf_counter() - t0, "train_tokens": 0, "slice_docs": 0, "source": str(path)}
-    n = len(train_tokens)
+    n = data.n_train
     n_slice = min(n, max(cfg.reference_train.batch_size, int(round(cfg.reference_fraction * n))))
     rows = np.sort(np.random.default_rng([seed, 1]).choice(n, n_slice, replace=False))
-    model = build_model(cfg.reference_model, vocab_size=vocab_size, n_positions=seq_len + 1, seed=seed)
-    trained = train_model(model, train_tokens[rows], train_lengths[rows], val_tokens, val_lengths,
+    model = build_model(cfg.reference_model, vocab_size=data.vocab_size, n_positions=data.seq_len + 1, seed=seed)
+    trained = train_model(model, data.train_tokens[rows], data.train_lengths[rows], data.val_tokens, data.val_lengths,
                           cfg.reference_train, seed=seed, label="select:reference", progress=progress)
     return model, {"seconds": time.perf_counter() - t0, "train_tokens": int(trained.n_tokens), "slice_docs": n_slice,
                    "source": f"tiny {cfg.reference_model.family} trained {cfg.reference_train.steps} steps on "
@@ -214,24 +242,25 @@ def _cluster(cfg: SelectConfig, x: np.ndarray, k: int, seed: int):
 
 
 def _draw(cfg: SelectConfig, method: str, km, shards, x, loss_fn, budget: int, seed: int):
-    """One selection by ``method``: (Sample, Λ, center losses, probe rows)."""
+    """One selection by ``method``: (Sample, Λ, center losses, cluster proxy levels, probe rows)."""
     k = km.n_clusters
     if method.startswith("sensitivity"):
         kwargs = dict(n_clusters=k, lambda_=cfg.lambda_value if cfg.lambda_value >= 0 else None,
                       probes_per_cluster=cfg.lambda_queries_per_cluster, include_queried=cfg.include_centers,
-                      distance_only=method == "sensitivity_distance", random_state=seed)
+                      distance_only=method == "sensitivity_distance", level=cfg.proxy_level, mixture=cfg.mixture,
+                      random_state=seed)
         if len(shards) > 1:
             result = sensitivity_sampling_sharded(shards, loss_fn, budget, **kwargs)
         else:
             result = sensitivity_sampling(km.assignment, km.sq_distance, loss_fn, budget, **kwargs)
-        return result.sample, result.lambda_, result.center_loss, result.probe_rows
+        return result.sample, result.lambda_, result.center_loss, result.levels, result.probe_rows
     if method == "uniform":
-        sample = uniform_sample(len(x), budget, replace=True, random_state=seed)
+        sample = uniform_sample(len(x), budget, replace=False, random_state=seed)
     elif method == "stratified":
         sample = stratified_sample(km.assignment, budget, n_clusters=k, random_state=seed)
     else:
         sample = kcenter_sample(x, budget, random_state=seed)
-    return sample, float("nan"), np.full(k, np.nan), np.zeros(0, dtype=np.int64)
+    return sample, float("nan"), np.full(k, np.nan), np.full(k, np.nan), np.zeros(0, dtype=np.int64)
 
 
 def _relative_error(sample: Sample, losses: np.ndarray) -> float:
@@ -239,50 +268,81 @@ def _relative_error(sample: Sample, losses: np.ndarray) -> float:
     return abs(sample.estimate_mean(losses) - true) / abs(true)
 
 
-def run(cfg: SelectConfig, *, embeddings: np.ndarray, train_tokens: np.ndarray, train_lengths: np.ndarray,
-        val_tokens: np.ndarray, val_lengths: np.ndarray, train_sources: np.ndarray, vocab_size: int,
-        seq_len: int, seed: int, progress: bool = True) -> SelectResult:
+_LEGACY_ARRAYS = ("train_tokens", "train_lengths", "val_tokens", "val_lengths", "train_sources", "vocab_size", "seq_len")
+
+
+def run(cfg: SelectConfig, *, data: TokenData | None = None, embeddings: np.ndarray | None = None, seed: int,
+        progress: bool = True, **legacy_arrays) -> SelectResult:
     """Select a weighted subset of the training rows.
 
     Parameters
     ----------
     cfg : SelectConfig
-    embeddings : float (n, d), row i embeds training document i
-    train_tokens : int32 (n, seq_len + 1); train_lengths : int32 (n,)
-    val_tokens, val_lengths : the validation split (the reference model's evaluation)
-    train_sources : str (n,) each document's corpus source (the card's composition table)
-    vocab_size, seq_len : of the token data (the reference model's shape)
+    data : TokenData, the tokenized training and validation documents (the reference model trains on
+        a slice of the training rows and is evaluated on the validation rows; ``train_sources`` feeds
+        the card's composition table).
+    embeddings : float (n, d), row i embeds training document i; None or an empty matrix (what the
+        embed step returns for ``embed.method = "reference"``): embed with the reference model's
+        mean-pooled hidden states, returned as ``result.embeddings``.
     seed : seeds the reference model, k-means, the probes and the draws
+    legacy_arrays : the former separate arguments (train_tokens, train_lengths, val_tokens, val_lengths,
+        train_sources, vocab_size, seq_len), accepted until every caller passes ``data``.
 
     Returns
     -------
     SelectResult
     """
     t0 = time.perf_counter()
-    n = _check_inputs(embeddings, train_tokens, train_lengths, val_tokens, val_lengths, train_sources)
-    x = check_embeddings(embeddings, normalize=cfg.spherical)
+    if data is None and legacy_arrays:
+        unknown = sorted(set(legacy_arrays) - set(_LEGACY_ARRAYS))
+        missing = sorted(set(_LEGACY_ARRAYS) - set(legacy_arrays))
+        if unknown or missing:
+            raise TypeError(f"select_data.run: pass data=TokenData(...) (unknown arguments {unknown}, missing "
+                            f"{missing})")
+        data = TokenData(**legacy_arrays, bos_id=-1, eos_id=-1)        # select never uses bos/eos
+    elif legacy_arrays:
+        raise TypeError(f"select_data.run: pass either data or the separate arrays, not both "
+                        f"({sorted(legacy_arrays)})")
+    n = _check_inputs(embeddings, data)
+    own_embeddings = embeddings is None or np.asarray(embeddings).size == 0
     budget = _budget(cfg, n)
     k = _n_clusters(cfg, budget, n)
     say = (lambda m: print(f"[select] {m}", file=sys.stderr, flush=True)) if progress else (lambda m: None)
 
     reference, reference_cost = None, {"seconds": 0.0, "train_tokens": 0, "slice_docs": 0,
                                        "source": "not needed (no loss query, diagnostics off)"}
-    if cfg.diagnostics or cfg.method == "sensitivity":
-        reference, reference_cost = _reference_model(cfg, train_tokens, train_lengths, val_tokens, val_lengths,
-                                                      vocab_size, seq_len, seed, progress)
+    if cfg.diagnostics or cfg.method == "sensitivity" or own_embeddings:
+        reference, reference_cost = _reference_model(cfg, data, seed, progress)
     device = resolve_device(cfg.reference_train.device)
+    embed_seconds = 0.0
+    losses = np.zeros(0)
+    if own_embeddings:
+        say(f"embedding the {n} training documents with the reference model's mean-pooled hidden states"
+            + (" (and their losses, same pass)" if cfg.diagnostics else ""))
+        te = time.perf_counter()
+        embedder = HiddenStateEmbedder(reference, batch_size=cfg.loss_batch_size, device=str(device),
+                                       progress=progress)
+        if cfg.diagnostics:
+            embeddings, losses = embedder.embed_tokens(data.train_tokens, data.train_lengths, with_losses=True)
+        else:
+            embeddings = embedder.embed_tokens(data.train_tokens, data.train_lengths)
+        embed_seconds = time.perf_counter() - te
+        embedder_name = f"{embedder.name}: {embedder.version}"
+    else:
+        embedder_name = "the embed step's embeddings"
+    x = check_embeddings(embeddings, normalize=cfg.spherical)
 
     def model_loss(rows: np.ndarray) -> np.ndarray:
         if reference is None:
             raise RuntimeError(f"method {cfg.method!r} asked for a loss without a reference model")
-        return per_example_loss(reference, train_tokens[rows], train_lengths[rows], batch_size=cfg.loss_batch_size,
-                                device=device)
+        return per_example_loss(reference, data.train_tokens[rows], data.train_lengths[rows],
+                                batch_size=cfg.loss_batch_size, device=device)
 
-    losses = np.zeros(0)
     td = time.perf_counter()
     if cfg.diagnostics:
-        say(f"reference losses of all {n} training documents (the card's estimate check)")
-        losses = model_loss(np.arange(n))
+        if not len(losses):
+            say(f"reference losses of all {n} training documents (the card's estimate check)")
+            losses = model_loss(np.arange(n))
         loss_fn = lambda rows: losses[rows]                                   # noqa: E731 (same values, no rerun)
     else:
         loss_fn = model_loss
@@ -293,19 +353,22 @@ def run(cfg: SelectConfig, *, embeddings: np.ndarray, train_tokens: np.ndarray, 
     km, shards = _cluster(cfg, x, k, seed)
     kmeans_seconds = time.perf_counter() - tk
     counting = CountingLoss(loss_fn, n)
-    sample, lam, center_losses, probe_rows = _draw(cfg, cfg.method, km, shards, x, counting, budget, seed)
+    sample, lam, center_losses, levels, probe_rows = _draw(cfg, cfg.method, km, shards, x, counting, budget, seed)
     indices, raw = sample.selected()
 
     diagnostics = {"method": cfg.method, "budget_docs": budget, "n_clusters": k, "n_draws": sample.n_draws,
                    "n_selected": len(indices), "lambda": lam, "n_loss_queries": counting.n_queries,
                    "n_center_queries": k if cfg.method in ("sensitivity",) else 0,
-                   "n_probe_queries": len(probe_rows), "reference": reference_cost,
+                   "n_probe_queries": len(probe_rows), "uniform_rows_at_equal_queries": budget + len(probe_rows),
+                   "reference": reference_cost, "embedder": embedder_name, "embed_seconds": embed_seconds,
                    "kmeans_seconds": kmeans_seconds, "kmeans_train_points": km.n_train_points,
                    "kmeans_cost": km.objective, "reference_loss_seconds": loss_seconds,
+                   "proxy_level": cfg.proxy_level, "mixture": cfg.mixture if cfg.method == "sensitivity" else None,
                    "weight_effective_size": float(raw.sum() ** 2 / (raw ** 2).sum())}
     if cfg.diagnostics:
-        diagnostics.update(_estimate_check(cfg, km, shards, x, losses, budget, seed, sample, lam, center_losses))
-    sources = np.asarray(train_sources).astype(str)
+        diagnostics.update(_estimate_check(cfg, km, shards, x, losses, budget, seed, sample, lam, levels,
+                                           len(probe_rows)))
+    sources = np.asarray(data.train_sources).astype(str)
     result = SelectResult(
         indices=indices, weights=raw / raw.mean(), raw_weights=raw, probabilities=sample.probabilities,
         assignment=km.assignment, centers=km.centers, center_indices=km.center_indices, cluster_sizes=km.sizes,
@@ -314,35 +377,51 @@ def run(cfg: SelectConfig, *, embeddings: np.ndarray, train_tokens: np.ndarray, 
         reference_model_files=model_to_files(reference.cpu()) if reference is not None else {}, losses=losses,
         diagnostics=diagnostics,
         source_table=_source_table(sources, indices, raw, losses),
-        cluster_table=_cluster_table(km, sample, indices, raw, center_losses), seconds=time.perf_counter() - t0)
+        cluster_table=_cluster_table(km, sample, indices, raw, center_losses, levels), seconds=time.perf_counter() - t0,
+        embeddings=np.ascontiguousarray(embeddings, dtype=np.float32) if own_embeddings
+        else np.zeros((0, 0), dtype=np.float32),
+        embedder_name=embedder_name, levels=levels)
     say(f"selected {len(indices)} distinct documents of {n} in {result.seconds:.1f} s")
     return result
 
 
-def _estimate_check(cfg, km, shards, x, losses, budget, seed, sample, lam, center_losses) -> dict:
-    """This draw's estimate, and the median relative error over seeds against uniform sampling."""
+def _estimate_check(cfg, km, shards, x, losses, budget, seed, sample, lam, levels, n_probes) -> dict:
+    """This draw's estimate, and its exact standard deviation against the baselines at equal cost.
+
+    Equal documents: uniform without replacement and stratified (the same clusters) with ``budget``
+    rows. Equal loss queries: the same with ``budget + n_probes`` rows (the probes' queries as extra
+    rows). k-center has no sampling distribution: its spread over ``diagnostic_seeds`` seeds.
+    """
+    n = len(losses)
+    total = abs(losses.sum())
     true_mean = float(losses.mean())
-    lookup = lambda rows: losses[rows]                                        # noqa: E731
-    n_seeds = min(cfg.diagnostic_seeds, 5) if cfg.method == "kcenter" else cfg.diagnostic_seeds
-    errors = {cfg.method: [_relative_error(_draw(cfg, cfg.method, km, shards, x, lookup, budget, seed + 1 + j)[0],
-                                           losses) for j in range(n_seeds)]}
-    errors["uniform"] = [_relative_error(uniform_sample(len(losses), budget, random_state=seed + 1 + j), losses)
-                         for j in range(cfg.diagnostic_seeds)]
     out = {"true_mean_loss": true_mean, "estimated_mean_loss": sample.estimate_mean(losses),
-           "relative_error": _relative_error(sample, losses),
-           "median_relative_error": float(np.median(errors[cfg.method])),
-           "uniform_median_relative_error": float(np.median(errors["uniform"])),
-           "diagnostic_seeds": cfg.diagnostic_seeds}
-    out["error_ratio_vs_uniform"] = out["median_relative_error"] / max(out["uniform_median_relative_error"], 1e-300)
-    out["uniform_expected_relative_std"] = with_replacement_std(losses, np.full(len(losses), 1 / len(losses)),
-                                                                budget) / abs(losses.sum())
+           "relative_error": _relative_error(sample, losses), "diagnostic_seeds": cfg.diagnostic_seeds}
+    equal_queries = min(n, budget + n_probes)
+    out["uniform_relative_std_equal_docs"] = without_replacement_std(losses, budget) / total
+    out["uniform_relative_std_equal_queries"] = without_replacement_std(losses, equal_queries) / total
+    if km.n_clusters <= budget:
+        strat = stratified_sample(km.assignment, budget, n_clusters=km.n_clusters, random_state=seed)
+        out["stratified_relative_std_equal_docs"] = strat.exact_std(losses) / total
+        strat = stratified_sample(km.assignment, equal_queries, n_clusters=km.n_clusters, random_state=seed)
+        out["stratified_relative_std_equal_queries"] = strat.exact_std(losses) / total
+    if sample.design == "deterministic":
+        lookup = lambda rows: losses[rows]                                    # noqa: E731
+        n_seeds = min(cfg.diagnostic_seeds, 5)
+        estimates = [_draw(cfg, cfg.method, km, shards, x, lookup, budget, seed + 1 + j)[0].estimate(losses)
+                     for j in range(n_seeds)]
+        out["relative_std"] = float(np.sqrt(np.mean((np.asarray(estimates) - losses.sum()) ** 2)) / total)
+        out["relative_std_kind"] = f"root mean squared error over {n_seeds} seeds"
+    else:
+        out["relative_std"] = sample.exact_std(losses) / total
+        out["relative_std_kind"] = "exact, from the sampling probabilities"
+    out["std_ratio_equal_docs"] = out["relative_std"] / max(out["uniform_relative_std_equal_docs"], 1e-300)
+    out["std_ratio_equal_queries"] = out["relative_std"] / max(out["uniform_relative_std_equal_queries"], 1e-300)
     if cfg.method.startswith("sensitivity"):
-        out["expected_relative_std"] = with_replacement_std(losses, sample.probabilities, sample.n_draws,
-                                                            sample.fixed_rows) / abs(losses.sum())
         ratios = holder_ratios(losses, km.assignment, km.sq_distance, km.center_indices)
         out["holder_ratio_percentiles"] = {f"p{q}": float(np.percentile(ratios, q)) for q in (10, 25, 50, 75, 90, 99)}
         if cfg.method == "sensitivity":
-            proxy = proxy_losses(center_losses, km.assignment, km.sq_distance, lam)
+            proxy = proxy_losses(levels, km.assignment, km.sq_distance, lam)
             out["proxy_correlation"] = float(np.corrcoef(losses, proxy)[0, 1]) if proxy.std() > 0 else 0.0
     return out
 
@@ -360,7 +439,7 @@ def _source_table(sources, indices, raw, losses) -> list:
     return rows
 
 
-def _cluster_table(km, sample: Sample, indices, raw, center_losses) -> list:
+def _cluster_table(km, sample: Sample, indices, raw, center_losses, levels) -> list:
     mass = np.bincount(km.assignment, weights=sample.probabilities, minlength=km.n_clusters)
     picked = np.bincount(km.assignment[indices], minlength=km.n_clusters)
     weight = np.bincount(km.assignment[indices], weights=raw, minlength=km.n_clusters)
@@ -369,7 +448,7 @@ def _cluster_table(km, sample: Sample, indices, raw, center_losses) -> list:
         rows.append([int(c), int(km.sizes[c]), round(float(km.costs[c]), 4),
                      round(float(km.costs[c] / km.sizes[c]), 4), int(km.center_indices[c]),
                      None if np.isnan(center_losses[c]) else round(float(center_losses[c]), 4),
-                     round(float(mass[c]), 4), int(picked[c]), round(float(weight[c] / raw.sum()), 4)])
+                     None if np.isnan(levels[c]) else round(float(levels[c]), 4), round(float(mass[c]), 4), int(picked[c]), round(float(weight[c] / raw.sum()), 4)])
     return rows
 
 
@@ -390,27 +469,39 @@ def report(result: SelectResult) -> list:
     head = (f"## Selected {len(result.indices)} of {n} training documents ({result.method})\n\n"
             f"Budget {result.budget_docs} documents: "
             + (f"{k} k-means center documents (weight 1) + {result.n_draws} draws with replacement"
-               if result.method.startswith("sensitivity") else f"{result.n_draws} rows")
-            + f" ({len(result.indices)} distinct). k = {k}, Λ = {lam_text}. "
+               if result.method.startswith("sensitivity") else f"{result.n_draws} rows"
+               + (" without replacement" if result.method in ("uniform", "stratified") else ""))
+            + f" ({len(result.indices)} distinct). k = {k}, Λ = {lam_text}"
+            + (f", proxy level {d['proxy_level']}, mixture a = {d['mixture']:g}" if d.get("mixture") is not None
+               else "") + ". "
             f"**Cost: {result.n_loss_queries} reference-model loss queries** ({d['n_probe_queries']} of them probes "
-            f"for Λ); reference model: {ref['source']}, {ref['seconds']:.1f} s"
+            f"for Λ and the cluster levels); embeddings: {d['embedder']}; reference model: {ref['source']}, "
+            f"{ref['seconds']:.1f} s"
             + (f", {ref['train_tokens']:,} training tokens" if ref.get("train_tokens") else "") + ".")
     items = [Markdown(head)]
     if "true_mean_loss" in d:
+        q = d["uniform_rows_at_equal_queries"]
         items.append(Markdown(
             f"**Estimate check.** Weighted mean reference loss of the subset {d['estimated_mean_loss']:.4f} vs the "
             f"true mean over all {n} documents {d['true_mean_loss']:.4f} (relative error {d['relative_error']:.2%}). "
-            f"Median relative error over {d['diagnostic_seeds']} seeds: **{d['median_relative_error']:.3%}** against "
-            f"{d['uniform_median_relative_error']:.3%} for uniform sampling at the same budget "
-            f"(ratio **{d['error_ratio_vs_uniform']:.2f}**; below 1 is better than uniform)."))
-        rows = [[result.method, round(d["estimated_mean_loss"], 5), round(d["true_mean_loss"], 5),
-                 f"{d['median_relative_error']:.4%}",
-                 f"{d['expected_relative_std']:.4%}" if "expected_relative_std" in d else "-"],
-                ["uniform (same budget)", "-", round(d["true_mean_loss"], 5),
-                 f"{d['uniform_median_relative_error']:.4%}", f"{d['uniform_expected_relative_std']:.4%}"]]
-        items.append(Table(["method", "estimated mean loss (this draw)", "true mean loss",
-                            "median relative error over seeds", "exact relative std (with replacement)"], rows,
-                           title="Estimate check: weighted mean loss vs the truth"))
+            f"Relative standard deviation of the estimate ({d['relative_std_kind']}): **{d['relative_std']:.3%}** "
+            f"against uniform sampling without replacement: {d['uniform_relative_std_equal_docs']:.3%} at equal "
+            f"documents ({result.budget_docs}), {d['uniform_relative_std_equal_queries']:.3%} at equal loss queries "
+            f"({q} rows: the budget plus the {d['n_probe_queries']} probe queries). Ratio "
+            f"**{d['std_ratio_equal_docs']:.2f}** at equal documents, **{d['std_ratio_equal_queries']:.2f}** at "
+            "equal loss queries (below 1 is better than uniform)."))
+        rows = [[result.method, result.budget_docs, f"{d['relative_std']:.4%}", d["relative_std_kind"]],
+                ["uniform without replacement (equal documents)", result.budget_docs,
+                 f"{d['uniform_relative_std_equal_docs']:.4%}", "exact"],
+                ["uniform without replacement (equal loss queries)", q,
+                 f"{d['uniform_relative_std_equal_queries']:.4%}", "exact"]]
+        if "stratified_relative_std_equal_docs" in d:
+            rows += [["stratified by the same clusters (equal documents)", result.budget_docs,
+                      f"{d['stratified_relative_std_equal_docs']:.4%}", "exact"],
+                     ["stratified by the same clusters (equal loss queries)", q,
+                      f"{d['stratified_relative_std_equal_queries']:.4%}", "exact"]]
+        items.append(Table(["method", "rows", "relative std of the estimated mean loss", "how"], rows,
+                           title="Estimate check at equal cost: standard deviation of the weighted mean loss"))
         if "holder_ratio_percentiles" in d:
             hp = d["holder_ratio_percentiles"]
             text = ("Hölder ratios |ℓ(e) − ℓ(c)| / ‖e − c‖² over all documents: "
@@ -419,14 +510,14 @@ def report(result: SelectResult) -> list:
                 rho = d["proxy_correlation"]
                 text += (f" The proxy ℓ̂ correlates with the true loss at ρ = {rho:.2f}: with a loss that varies "
                          f"little in relative terms, p ∝ ℓ̂ cuts the error of uniform sampling to about "
-                         f"√(1 − ρ²) = {np.sqrt(max(1 - rho ** 2, 0)):.2f} at best (exact relative std: "
-                         f"{d['expected_relative_std']:.3%} vs {d['uniform_expected_relative_std']:.3%} for uniform).")
+                         f"√(1 − ρ²) = {np.sqrt(max(1 - rho ** 2, 0)):.2f} at best, before the cost of the center "
+                         "rows and the probes.")
             items.append(Markdown(text))
     items.append(Table(["source", "corpus docs", "corpus share", "selected docs", "selected share",
                         "weight share (estimated corpus share)", "mean reference loss"], result.source_table,
                        title="Composition by source: the subset against the corpus"))
     items.append(Table(["cluster", "size", "k-means cost", "mean sq. distance", "center row", "center loss",
-                        "sampling mass", "selected docs", "weight share"], result.cluster_table[:20],
+                        "proxy level", "sampling mass", "selected docs", "weight share"], result.cluster_table[:20],
                        title=f"Clusters (the {min(20, k)} largest of {k})"))
     ref_lines = [["reference model", ref["source"]], ["reference training seconds", round(ref["seconds"], 2)],
                  ["reference training tokens", ref.get("train_tokens", 0)],

@@ -111,3 +111,74 @@ def test_embed_step_sentence_transformers_with_a_local_folder():
     result = embed.run(cfg, TEXTS[:4], seed=0, progress=False)
     _unit_float32(result.embeddings, 4)
     assert result.embeddings.shape[1] == 384 and "max_seq_length 16" in result.embedder_version
+
+
+# ----------------------------------------------------------------------------------------------
+# the reference model's hidden states (issue 13) and plain progress lines (issue 14)
+
+@pytest.fixture(scope="module")
+def tiny_lm():
+    from libs.models import ModelSpec, build_model
+
+    return build_model(ModelSpec(n_layer=2, n_embd=24, n_head=2, n_inner=48), vocab_size=40, n_positions=17, seed=0,
+                       dropout=0.1)
+
+
+def _token_rows(n=23, width=17, seed=0):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(2, width + 1, n).astype(np.int32)
+    tokens = np.zeros((n, width), dtype=np.int32)
+    for i, length in enumerate(lengths):
+        tokens[i, :length] = rng.integers(2, 40, length)
+    return tokens, lengths
+
+
+def test_hidden_state_embedder_shape_order_and_determinism(tiny_lm):
+    import torch
+
+    from libs.embedders import HiddenStateEmbedder
+
+    tokens, lengths = _token_rows()
+    tiny_lm.train()                                            # dropout on: the embedder must switch it off
+    emb = HiddenStateEmbedder(tiny_lm, batch_size=5, progress=False)
+    x = emb.embed_tokens(tokens, lengths)
+    _unit_float32(x, len(tokens))
+    assert x.shape == (23, 24) and emb.dim == 24 and tiny_lm.training        # the model's mode is restored
+    np.testing.assert_array_equal(x, HiddenStateEmbedder(tiny_lm, batch_size=5, progress=False).embed_tokens(
+        tokens, lengths))                                      # deterministic
+    # the mean over each row's valid tokens of the last hidden state, row by row, unbatched
+    tiny_lm.eval()
+    with torch.no_grad():
+        for i in (0, 7, 22):
+            h = tiny_lm(input_ids=torch.as_tensor(tokens[i:i + 1, :lengths[i]], dtype=torch.long),
+                        output_hidden_states=True).hidden_states[-1][0].mean(0).numpy()
+            np.testing.assert_allclose(x[i], h / np.linalg.norm(h), atol=2e-5)
+    padding = tokens.copy()
+    padding[np.arange(tokens.shape[1])[None, :] >= lengths[:, None]] = 7      # padding never reaches the result
+    np.testing.assert_allclose(emb.embed_tokens(padding, lengths), x, atol=1e-6)
+    from libs.training import per_example_loss
+
+    same, losses = emb.embed_tokens(tokens, lengths, with_losses=True)   # one pass: embeddings and losses
+    np.testing.assert_array_equal(same, x)
+    np.testing.assert_allclose(losses, per_example_loss(tiny_lm, tokens, lengths), rtol=1e-5)
+    first = HiddenStateEmbedder(tiny_lm, layer=0, progress=False).embed_tokens(tokens, lengths)
+    assert np.abs(first - x).max() > 1e-3                      # another layer, another space
+    with pytest.raises(ValueError, match="layer=5 is outside"):
+        HiddenStateEmbedder(tiny_lm, layer=5)
+    with pytest.raises(ValueError, match="lengths must lie in"):
+        emb.embed_tokens(tokens, np.zeros(23, dtype=np.int32))
+    with pytest.raises(ValueError, match="no token rows"):
+        emb.embed_tokens(tokens[:0], lengths[:0])
+
+
+def test_embedders_print_plain_progress_lines(tiny_lm, capsys):
+    """Whole lines on stderr (Metaflow logs are line-based), never tqdm's carriage returns."""
+    from libs.embedders import HiddenStateEmbedder
+
+    tokens, lengths = _token_rows()
+    HiddenStateEmbedder(tiny_lm, batch_size=4).embed_tokens(tokens, lengths)
+    MiniLMEmbedder(max_seq_length=16, batch_size=3).embed(TEXTS)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert "[embed reference-hidden-states] 23/23 docs (100%)" in err
+    assert "[embed all-MiniLM-L6-v2] 8/8 docs (100%)" in err

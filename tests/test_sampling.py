@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 
 from libs.kmeans import fit_kmeans
-from libs.sampling import (CountingLoss, Sample, estimate_lambda, holder_ratios, kcenter_sample, merge_shard_stats,
-                           sensitivity_sample, sensitivity_sampling, sensitivity_sampling_sharded, shard_stats,
-                           shard_totals, stratified_sample, uniform_sample, with_replacement_std)
+from libs.sampling import (DEFAULT_MIXTURE, CountingLoss, Sample, cluster_levels, estimate_lambda, holder_ratios,
+                           kcenter_sample, merge_shard_stats, sensitivity_sample, sensitivity_sampling,
+                           sensitivity_sampling_sharded, shard_stats, shard_totals, stratified_sample, uniform_sample,
+                           with_replacement_std, without_replacement_std)
 
 N_SEEDS = 1500
 
@@ -98,8 +99,11 @@ def test_distance_only_limit(data):
         np.testing.assert_array_equal(far.sample.rows[:common], limit.sample.rows[:common])
         assert limit.n_loss_queries == 0 and limit.lambda_ == np.inf
     assert limit.sample.n_draws == 50 and far.sample.n_draws == 44
-    p = limit.sample.probabilities
-    np.testing.assert_allclose(p / p.sum(), km.sq_distance / km.sq_distance.sum(), rtol=1e-4)
+    pure = sensitivity_sampling(km.assignment, km.sq_distance, _lookup(losses), 50, distance_only=True,
+                                include_queried=False, mixture=0.0, random_state=7).sample.probabilities
+    np.testing.assert_allclose(pure, km.sq_distance / km.sq_distance.sum(), rtol=1e-4)
+    a = DEFAULT_MIXTURE                                             # the mixture adds a/n to (1 - a) of it
+    np.testing.assert_allclose(limit.sample.probabilities, a / 600 + (1 - a) * pure, rtol=1e-4)
 
 
 @pytest.mark.parametrize("bounds", [[0, 600], [0, 200, 400, 600], [0, 7, 8, 300, 600]],
@@ -222,3 +226,159 @@ def test_clear_errors(data):
         uniform_sample(600, 10).estimate(np.ones(3))
     with pytest.raises(ValueError, match="budget must be an integer"):
         uniform_sample(600, 1.5)
+
+
+# ----------------------------------------------------------------------------------------------
+# issue 13: the robust proxy, the mixture's bound, equal-cost accounting, exact standard deviations
+
+def _low_center_losses(km, losses, n_low, value=0.01):
+    """The adversary of a one-loss proxy: the center rows of ``n_low`` clusters have a near-zero loss."""
+    bad = losses.copy()
+    bad[km.center_indices[:n_low]] = value
+    return bad
+
+
+@pytest.mark.parametrize("a", [0.1, 0.2, 0.5])
+def test_mixture_bounds_the_variance_on_an_adversarial_loss(data, a):
+    """p >= a/n_d: the second moment is at most 1/a times uniform's, and so is the self-normalised variance."""
+    _, km, losses = data
+    bad = _low_center_losses(km, losses, 2)
+    bad[km.assignment == 0] *= 30.0                          # and a cluster far costlier than its center says
+    naive = sensitivity_sampling(km.assignment, km.sq_distance, _lookup(bad), 60, level="center", mixture=0.0,
+                                 lambda_=0.0, random_state=0).sample      # the proxy = the center's loss alone
+    mixed = sensitivity_sampling(km.assignment, km.sq_distance, _lookup(bad), 60, level="center", mixture=a,
+                                 lambda_=0.0, random_state=0).sample
+    for s in (naive, mixed):
+        drawable = np.setdiff1d(np.arange(600), s.fixed_rows)
+        p, loss = s.probabilities[drawable] / s.probabilities[drawable].sum(), bad[drawable]
+        nd, mu = len(drawable), bad[drawable].mean()
+        second = (loss ** 2 / p).sum() / (nd * (loss ** 2).sum())                   # ratio to uniform's
+        self_normalised = ((loss - mu) ** 2 / p).sum() / (nd * ((loss - mu) ** 2).sum())
+        if s is mixed:
+            assert p.min() >= a / nd * (1 - 1e-12)
+            assert second <= 1 / a + 1e-9 and self_normalised <= 1 / a + 1e-9
+        else:
+            assert max(second, self_normalised) > 1 / a             # the bound is the mixture's doing
+    # the plain estimate's variance, from the second-moment bound: ((n_d/a) Σ ℓ² − T²) / s
+    drawable = np.setdiff1d(np.arange(600), mixed.fixed_rows)
+    loss = bad[drawable]
+    bound = ((len(drawable) / a) * (loss ** 2).sum() - loss.sum() ** 2) / mixed.n_draws
+    assert mixed.exact_std(bad) ** 2 <= bound and mixed.exact_std(bad) < naive.exact_std(bad)
+
+
+@pytest.mark.parametrize("n_low", [1, 3])
+def test_robust_proxy_survives_low_loss_centers(n_low):
+    """1 or 3 of 50 clusters whose center row has a near-zero loss: the robust proxy stays near uniform."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(5000, 8)).astype(np.float32)
+    km = fit_kmeans(x, 50, spherical=False, n_iter=10, random_state=0)
+    losses = 6.7 + 0.3 * rng.standard_normal(5000)                   # the default corpus's level and spread
+    bad = _low_center_losses(km, losses, n_low)
+    uniform = without_replacement_std(bad, 250)
+    stds = {}
+    for name, kwargs in {"center": dict(level="center", mixture=0.0), "robust": dict()}.items():
+        r = sensitivity_sampling(km.assignment, km.sq_distance, _lookup(bad), 250, random_state=0, **kwargs)
+        stds[name] = r.sample.exact_std(bad) / uniform
+    assert stds["center"] > 3.0                                       # the fragile proxy blows up
+    assert stds["robust"] <= 1.5
+
+
+def test_cluster_levels_use_every_queried_loss_and_shrink():
+    center = np.array([1.0, 5.0, 3.0])
+    probe_loss, probe_clusters = np.array([3.0, 5.0, 5.0, 3.0]), np.array([0, 0, 1, 2])
+    np.testing.assert_allclose(cluster_levels(center, probe_loss, probe_clusters, level="center"), center)
+    means = np.array([3.0, 5.0, 3.0])
+    np.testing.assert_allclose(cluster_levels(center, probe_loss, probe_clusters, level="mean"), means)
+    shrunk = cluster_levels(center, probe_loss, probe_clusters, level="shrunk")
+    # pooled within variance 8/4 = 2; noise of each mean 2/m = (2/3, 1, 1); between-mean variance 4/3
+    tau2 = 4 / 3 - np.mean([2 / 3, 1, 1])
+    b = tau2 / (tau2 + np.array([2 / 3, 1, 1]))
+    np.testing.assert_allclose(shrunk, 11 / 3 + b * (means - 11 / 3))
+    # means (3, 1) differ less than their noise (within variance 5, noise 2.5 > between 2): the corpus mean
+    flat = cluster_levels(np.array([1.0, 2.0]), np.array([5.0, 0.0]), np.array([0, 1]))
+    np.testing.assert_allclose(flat, [2.0, 2.0])
+
+
+def test_equal_cost_accounting(data):
+    """Budget = center rows + draws; loss queries = centers + probes; uniform at equal queries gets both."""
+    _, km, losses = data
+    for probes in (1, 3):
+        r = sensitivity_sampling(km.assignment, km.sq_distance, _lookup(losses), 80, probes_per_cluster=probes,
+                                 random_state=2)
+        assert r.sample.size == 80 and len(r.sample.fixed_rows) == 6 and r.sample.n_draws == 74
+        assert len(r.probe_rows) == 6 * probes and r.n_loss_queries == 6 + 6 * probes
+        assert not set(r.probe_rows) & set(r.center_indices)
+        np.testing.assert_array_equal(np.bincount(r.probe_clusters, minlength=6), np.full(6, probes))
+        # every queried loss reaches its cluster's level
+        assert r.levels.shape == (6,)
+        lv = cluster_levels(losses[r.center_indices], losses[r.probe_rows], r.probe_clusters,
+                            cluster_sizes=r.cluster_sizes)
+        np.testing.assert_allclose(r.levels, lv)
+        equal_queries = uniform_sample(600, r.sample.size + len(r.probe_rows), random_state=2)
+        assert equal_queries.size == 80 + 6 * probes
+
+
+@pytest.mark.parametrize("draw", [
+    lambda km, s: uniform_sample(600, 40, random_state=s),
+    lambda km, s: uniform_sample(600, 40, replace=True, random_state=s),
+    lambda km, s: stratified_sample(km.assignment, 40, random_state=s),
+    lambda km, s: sensitivity_sampling(km.assignment, km.sq_distance, lambda r: np.ones(len(r)), 40,
+                                       random_state=0).sample,
+], ids=["uniform", "uniform-with-replacement", "stratified", "sensitivity"])
+def test_exact_std_matches_the_spread_over_draws(data, draw):
+    _, km, losses = data
+    if draw(km, 0).design == "with_replacement" and len(draw(km, 0).fixed_rows):     # sensitivity: redraw only
+        base = sensitivity_sampling(km.assignment, km.sq_distance, _lookup(losses), 40, random_state=0).sample
+        samples = [sensitivity_sample(km.assignment, km.sq_distance, np.ones(6), 0.0, 34, random_state=s,
+                                      known_rows=base.fixed_rows) for s in range(N_SEEDS)]
+    else:
+        samples = [draw(km, s) for s in range(N_SEEDS)]
+    empirical = np.std([s.estimate(losses) for s in samples])
+    assert empirical == pytest.approx(samples[0].exact_std(losses), rel=0.1)
+
+
+def test_uniform_baseline_draws_distinct_rows():
+    for seed in range(20):
+        s = uniform_sample(600, 450, random_state=seed)
+        assert len(np.unique(s.rows)) == 450 and s.design == "without_replacement"
+    # the exact std without replacement carries the finite-population factor
+    loss = np.arange(10.0)
+    assert without_replacement_std(loss, 10) == 0.0
+    assert without_replacement_std(loss, 4) == pytest.approx(np.sqrt(100 * 0.6 * loss.var(ddof=1) / 4))
+
+
+def test_empty_shard_works(data):
+    _, km, losses = data
+    one = sensitivity_sampling(km.assignment, km.sq_distance, _lookup(losses), 100, random_state=5)
+    empty = (np.zeros(0, dtype=np.int64), np.zeros(0))
+    for shards in ([empty, (km.assignment, km.sq_distance)], [(km.assignment[:300], km.sq_distance[:300]), empty,
+                                                              (km.assignment[300:], km.sq_distance[300:]), empty]):
+        many = sensitivity_sampling_sharded(shards, _lookup(losses), 100, n_clusters=6, random_state=5)
+        np.testing.assert_array_equal(many.sample.rows, one.sample.rows)
+        np.testing.assert_allclose(many.sample.probabilities, one.sample.probabilities, rtol=1e-12)
+    untyped = (np.array([]), np.array([]))                     # np.array([]) is float: still an empty shard
+    many = sensitivity_sampling_sharded([(km.assignment, km.sq_distance), untyped], _lookup(losses), 100,
+                                        random_state=5)
+    np.testing.assert_array_equal(many.sample.rows, one.sample.rows)
+
+
+def test_new_clear_errors(data):
+    _, km, losses = data
+    negative_probes = losses.copy()
+    r = sensitivity_sampling(km.assignment, km.sq_distance, _lookup(losses), 40, random_state=0)
+    negative_probes[r.probe_rows[3]] = -0.5
+    with pytest.raises(ValueError, match=f"negative losses at probe rows \\[{r.probe_rows[3]}\\]"):
+        sensitivity_sampling(km.assignment, km.sq_distance, _lookup(negative_probes), 40, random_state=0)
+    with pytest.raises(ValueError, match="floor=0 must be > 0"):
+        sensitivity_sampling(km.assignment, km.sq_distance, _lookup(losses), 40, floor=0)
+    with pytest.raises(ValueError, match="probes_per_cluster=0 must be >= 1"):
+        sensitivity_sampling(km.assignment, km.sq_distance, _lookup(losses), 40, probes_per_cluster=0)
+    with pytest.raises(ValueError, match="probes_per_cluster=0 must be >= 1"):
+        sensitivity_sampling(km.assignment, km.sq_distance, _lookup(losses), 40, probes_per_cluster=0, lambda_=0.1)
+    for a in (1.0, -0.1):
+        with pytest.raises(ValueError, match=f"mixture={a} must lie in \\[0, 1\\)"):
+            sensitivity_sampling(km.assignment, km.sq_distance, _lookup(losses), 40, mixture=a)
+    with pytest.raises(ValueError, match="level='median' is not one of"):
+        sensitivity_sampling(km.assignment, km.sq_distance, _lookup(losses), 40, level="median")
+    # distance-only needs no loss, hence no probe
+    sensitivity_sampling(km.assignment, km.sq_distance, _lookup(losses), 40, probes_per_cluster=0, distance_only=True)

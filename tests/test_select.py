@@ -6,6 +6,7 @@ import pytest
 
 from libs.models import ModelSpec, model_from_files
 from libs.report import Figure, Markdown, Table
+from libs.token_data import TokenData
 from libs.training import TrainConfig
 from steps import select_data
 
@@ -29,10 +30,10 @@ def inputs():
             names.append(name)
             emb.append(directions[s] + 0.3 * rng.normal(size=12))
     val = np.stack(tokens[::10])
-    return dict(embeddings=np.asarray(emb, dtype=np.float32), train_tokens=np.stack(tokens),
-                train_lengths=np.asarray(lengths, dtype=np.int32), val_tokens=val,
-                val_lengths=np.asarray(lengths[::10], dtype=np.int32), train_sources=np.asarray(names),
-                vocab_size=VOCAB, seq_len=SEQ_LEN, seed=0, progress=False)
+    data = TokenData(train_tokens=np.stack(tokens), train_lengths=np.asarray(lengths, dtype=np.int32), val_tokens=val,
+                     val_lengths=np.asarray(lengths[::10], dtype=np.int32), train_sources=np.asarray(names),
+                     vocab_size=VOCAB, seq_len=SEQ_LEN, bos_id=0, eos_id=1)
+    return dict(embeddings=np.asarray(emb, dtype=np.float32), data=data, seed=0, progress=False)
 
 
 CFG = select_data.SelectConfig(budget_docs=30, n_clusters=4, diagnostic_seeds=4, kmeans_n_init=1,
@@ -62,8 +63,18 @@ def test_sensitivity_selection_contract(inputs, selected):
     # Σ raw weight x loss over the subset is the reported estimate of the total loss
     assert (s.raw_weights @ s.losses[s.indices]) / n == pytest.approx(d["estimated_mean_loss"])
     assert d["true_mean_loss"] == pytest.approx(s.losses.mean())
-    assert {"median_relative_error", "uniform_median_relative_error", "error_ratio_vs_uniform",
-            "holder_ratio_percentiles", "proxy_correlation", "expected_relative_std"} <= d.keys()
+    assert {"relative_std", "uniform_relative_std_equal_docs", "uniform_relative_std_equal_queries",
+            "stratified_relative_std_equal_docs", "std_ratio_equal_docs", "std_ratio_equal_queries",
+            "holder_ratio_percentiles", "proxy_correlation"} <= d.keys()
+    # equal cost: uniform at equal loss queries gets the probes' queries as extra rows
+    assert d["uniform_rows_at_equal_queries"] == 30 + 8
+    losses = s.losses
+    assert d["uniform_relative_std_equal_docs"] == pytest.approx(
+        np.sqrt(n * n * (1 - 30 / n) * losses.var(ddof=1) / 30) / losses.sum())
+    assert d["uniform_relative_std_equal_queries"] == pytest.approx(
+        np.sqrt(n * n * (1 - 38 / n) * losses.var(ddof=1) / 38) / losses.sum())
+    assert d["std_ratio_equal_queries"] == pytest.approx(d["relative_std"] / d["uniform_relative_std_equal_queries"])
+    assert s.embeddings.shape == (0, 0) and s.levels.shape == (4,) and d["mixture"] == CFG.mixture
     model = model_from_files(s.reference_model_files)
     assert model.config.vocab_size == VOCAB and s.reference_seconds > 0
     assert sum(row[3] for row in s.source_table) == len(s.indices)
@@ -87,7 +98,7 @@ def test_every_method_shares_the_api_and_the_card(inputs, method):
     assert len(s.indices) > 0 and np.isfinite(s.weights).all() and s.weights.mean() == pytest.approx(1.0)
     assert s.probabilities.sum() == pytest.approx(1.0)
     assert s.n_loss_queries == 0                                # only sensitivity needs the model to select
-    assert np.isfinite(s.diagnostics["median_relative_error"])
+    assert np.isfinite(s.diagnostics["relative_std"]) and np.isfinite(s.diagnostics["std_ratio_equal_docs"])
     items = select_data.report(s)
     assert any(isinstance(i, Figure) for i in items) and any(isinstance(i, Table) for i in items)
 
@@ -112,7 +123,8 @@ def test_reference_model_from_a_local_folder(inputs, selected, tmp_path):
     with pytest.raises(ValueError, match="is not a folder"):
         select_data.run(dataclasses.replace(CFG, reference_model_path=str(tmp_path / "missing")), **inputs)
     with pytest.raises(ValueError, match="vocab_size 48 but the tokenizer has 100"):
-        select_data.run(dataclasses.replace(CFG, reference_model_path=str(tmp_path)), **{**inputs, "vocab_size": 100})
+        select_data.run(dataclasses.replace(CFG, reference_model_path=str(tmp_path)),
+                        **{**inputs, "data": dataclasses.replace(inputs["data"], vocab_size=100)})
 
 
 def test_without_diagnostics_the_model_answers_the_queries(inputs, selected):
@@ -130,8 +142,8 @@ def test_clear_errors(inputs):
         select_data.run(dataclasses.replace(CFG, budget_docs=121), **inputs)
     with pytest.raises(ValueError, match="embeddings has 3 rows but there are 120 training documents"):
         select_data.run(CFG, **{**inputs, "embeddings": inputs["embeddings"][:3]})
-    with pytest.raises(ValueError, match="train_sources has 119 rows"):
-        select_data.run(CFG, **{**inputs, "train_sources": inputs["train_sources"][:-1]})
+    with pytest.raises(TypeError, match="data must be a libs.token_data.TokenData"):
+        select_data.run(CFG, **{**inputs, "data": {"train_tokens": inputs["data"].train_tokens}})
     bad = inputs["embeddings"].copy()
     bad[5, 0] = np.inf
     with pytest.raises(ValueError, match="NaN or infinite values in 1 rows \\(first: row 5\\)"):
@@ -143,3 +155,29 @@ def test_clear_errors(inputs):
     dup = np.repeat(inputs["embeddings"][:2], 60, axis=0)
     with pytest.raises(ValueError, match="clusters empty"):
         select_data.run(CFG, **{**inputs, "embeddings": dup})
+
+
+def test_uniform_baseline_draws_distinct_rows(inputs):
+    """The select step's uniform baseline is a simple random subset: every budgeted row distinct, equal weights."""
+    for seed in range(5):
+        s = select_data.run(dataclasses.replace(CFG, method="uniform", budget_docs=90, diagnostics=False),
+                            **{**inputs, "seed": seed})
+        assert len(s.indices) == 90 and s.n_draws == 90                 # 75% of the rows, none repeated
+        np.testing.assert_allclose(s.raw_weights, 120 / 90)
+
+
+def test_reference_hidden_state_embeddings(inputs, selected):
+    """No embeddings passed (embed.method = 'reference'): the step clusters the reference model's hidden states."""
+    from steps import embed
+
+    e = embed.run(embed.EmbedConfig(method="reference"), ["a b c"] * 120, seed=0, progress=False)
+    assert e.embeddings.shape == (0, 0) and "select_data" in e.embedder_name
+    assert any("select_data step embeds" in i.text for i in embed.report(e) if isinstance(i, Markdown))
+    s = select_data.run(CFG, **{**inputs, "embeddings": e.embeddings})
+    assert s.embeddings.shape == (120, CFG.reference_model.n_embd) and s.embeddings.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(s.embeddings, axis=1), 1.0, atol=1e-5)
+    assert s.embedder_name.startswith("reference-hidden-states") and s.centers.shape[1] == CFG.reference_model.n_embd
+    np.testing.assert_allclose(s.losses, selected.losses, rtol=1e-6)       # the same reference model
+    again = select_data.run(CFG, **{**inputs, "embeddings": None})
+    np.testing.assert_array_equal(again.embeddings, s.embeddings)
+    np.testing.assert_array_equal(again.indices, s.indices)
