@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from libs.schema import option
 
 __all__ = ["TrainConfig", "TrainResult", "NonFiniteLossError", "train_model",
-           "per_example_loss", "resolve_device", "lr_at_step"]
+           "per_example_loss", "resolve_device", "lr_at_step", "final_lr", "post_growth_config"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +46,9 @@ class TrainConfig:
     lr: float = option(3e-3, "peak learning rate", min=0.0, min_exclusive=True)
     min_lr_ratio: float = option(0.1, "final learning rate as a fraction of lr (cosine floor)", min=0.0, max=1.0)
     warmup_steps: int = option(20, "linear warmup steps (restarted for every run, grown models included)", min=0)
+    decay_steps: int = option(0, "steps of the cosine decay after the warmup; 0 = until the last step. Shorter "
+                              "decays faster (LEMON's schedule after growth) and then holds the floor "
+                              "min_lr_ratio x lr", min=0)
     weight_decay: float = option(0.1, "AdamW decoupled weight decay on matrices (not biases, norms)", min=0.0)
     grad_clip: float = option(1.0, "clip the global gradient norm to this (0 = off)", min=0.0)
     eval_every: int = option(50, "evaluate (validation and training loss) every this many steps", min=1)
@@ -92,13 +95,43 @@ def resolve_device(name: str) -> torch.device:
 
 
 def lr_at_step(cfg: TrainConfig, step: int) -> float:
-    """Linear warmup to ``lr`` over ``warmup_steps``, then cosine decay to ``min_lr_ratio * lr``."""
+    """Linear warmup to ``lr`` over ``warmup_steps``, then cosine decay to ``min_lr_ratio * lr``.
+
+    The decay spans ``decay_steps`` (0: the rest of the run) and holds the floor afterwards.
+    """
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(cfg.steps - cfg.warmup_steps, 1)
+    span = max(cfg.decay_steps or (cfg.steps - cfg.warmup_steps), 1)
     progress = min((step - cfg.warmup_steps) / span, 1.0)
     floor = cfg.min_lr_ratio * cfg.lr
     return floor + 0.5 * (cfg.lr - floor) * (1.0 + math.cos(math.pi * progress))
+
+
+def final_lr(cfg: TrainConfig) -> float:
+    """The learning rate of ``cfg``'s last optimizer step."""
+    return lr_at_step(cfg, cfg.steps - 1)
+
+
+def post_growth_config(large: TrainConfig, *, components_final_lr: float, warmup_steps: int | None = None,
+                       decay_steps: int | None = None) -> TrainConfig:
+    """The schedule of a grown model: never re-warmed to a higher peak than its components ended at.
+
+    The peak becomes ``min(large.lr, components_final_lr)`` (the components' last learning rate,
+    :func:`final_lr` of their TrainConfig), so the grown model is not pushed out of the basin its
+    components reached; ``warmup_steps`` (default: ``large``'s) is a short re-warmup to that peak
+    and ``decay_steps`` (default: ``large``'s) a faster cosine decay (LEMON, Wang et al. 2023).
+    The floor stays ``min_lr_ratio`` of the new peak. Every learning rate of the result is at most
+    ``large.lr`` and at most ``components_final_lr``.
+    """
+    if not (components_final_lr > 0 and math.isfinite(components_final_lr)):
+        raise ValueError(f"components_final_lr must be a positive finite number, got {components_final_lr!r}; "
+                         "give the components' schedule a floor above 0 (min_lr_ratio > 0)")
+    changes: dict[str, Any] = {"lr": min(large.lr, components_final_lr)}
+    if warmup_steps is not None:
+        changes["warmup_steps"] = min(warmup_steps, large.steps)
+    if decay_steps is not None:
+        changes["decay_steps"] = decay_steps
+    return dataclasses.replace(large, **changes)
 
 
 def _row_losses(model: torch.nn.Module, batch: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

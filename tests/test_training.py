@@ -155,3 +155,31 @@ def test_lr_schedule_warmup_then_cosine():
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
     assert lr_at_step(cfg, 100) == pytest.approx(0.1)
     assert math.isclose(lr_at_step(cfg, 55), 0.55, rel_tol=1e-9)
+
+
+def test_faster_decay_reaches_the_floor_early_and_holds_it():
+    cfg = TrainConfig(steps=100, lr=1.0, warmup_steps=10, decay_steps=40, min_lr_ratio=0.1)
+    lrs = [lr_at_step(cfg, s) for s in range(100)]
+    assert lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[50] == pytest.approx(0.1) and lrs[99] == pytest.approx(0.1)
+    assert lr_at_step(TrainConfig(steps=100, lr=1.0, warmup_steps=10, decay_steps=90), 55) == pytest.approx(
+        lr_at_step(TrainConfig(steps=100, lr=1.0, warmup_steps=10), 55))     # decay_steps = rest: the default
+
+
+@pytest.mark.parametrize("small_floor", [0.05, 0.5, 1.0])
+@pytest.mark.parametrize("warmup,decay", [(None, None), (5, 60), (0, 20)])
+def test_lr_after_growth_never_exceeds_the_configured_peak(small_floor, warmup, decay):
+    from libs.training import final_lr, post_growth_config
+
+    small = TrainConfig(steps=300, lr=3e-3, warmup_steps=30, min_lr_ratio=small_floor)
+    large = TrainConfig(steps=200, lr=2e-3, warmup_steps=30, min_lr_ratio=0.1)
+    grown = post_growth_config(large, components_final_lr=final_lr(small), warmup_steps=warmup, decay_steps=decay)
+    lrs = [lr_at_step(grown, s) for s in range(grown.steps + 5)]
+    assert max(lrs) <= large.lr * (1 + 1e-12)
+    assert max(lrs) <= final_lr(small) * (1 + 1e-12)                 # no re-warmup above where the components ended
+    assert grown.lr == pytest.approx(min(large.lr, final_lr(small)))
+    if warmup is not None:
+        assert grown.warmup_steps == warmup
+    with pytest.raises(ValueError, match="min_lr_ratio"):
+        post_growth_config(large, components_final_lr=0.0)
