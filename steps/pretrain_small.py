@@ -93,7 +93,7 @@ def run(cfg: PretrainSmallConfig, spec: ModelSpec, *, data: TokenData, indices: 
     indices : int (m,) selected training rows; weights : float (m,) their loss weights
     on_eval : called as ``on_eval(step, model, record)`` after each evaluation (live cards)
     """
-    from libs.gap_features import lm_features  # heavy-ish import kept local
+    from libs.gap_features import checkpoint_row, probe_for_selection  # heavy-ish import kept local
 
     if len(indices) != len(weights):
         raise ValueError(f"indices ({len(indices)}) and weights ({len(weights)}) differ in length")
@@ -102,17 +102,14 @@ def run(cfg: PretrainSmallConfig, spec: ModelSpec, *, data: TokenData, indices: 
                         bos_token_id=data.bos_id, eos_token_id=data.eos_id)
     init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     tokens, lengths = data.train_rows(indices)
-    feature_rows = np.random.default_rng(seed).choice(len(tokens), min(cfg.gap_feature_rows, len(tokens)),
-                                                      replace=False)
+    probe = probe_for_selection(data, indices)   # every validation row; the run's fixed training-evaluation rows
     gap_rows: list[dict] = []
 
     def record_eval(step: int, m, record: dict) -> None:
         if step > 0:
-            features = lm_features(m, tokens[feature_rows], lengths[feature_rows], init_state=init_state,
-                                   seed=seed)
-            gap_rows.append({"model": spec.name, "step": step, "features": features,
-                             "gap": record["val_loss"] - record["train_eval_loss"],
-                             "val_loss": record["val_loss"], "train_loss": record["train_eval_loss"]})
+            gap_rows.append(checkpoint_row(m, probe, model_name=spec.name, step=step, tokens_seen=record["tokens"],
+                                           lr=cfg.train.lr, init_state=init_state, seed=seed))
+            m.train()
         if on_eval is not None:
             on_eval(step, m, record)
 

@@ -189,7 +189,7 @@ def train_arm(cfg: TrainLargeConfig, arm: str, *, init_files: dict[str, bytes], 
               on_step: Callable[[int], None] | None = None, on_checkpoint: Callable[[str], None] | None = None,
               progress: bool = True) -> TrainLargeResult:
     """Train one arm in this process; a DDP rank when a torch.distributed process group is up."""
-    from libs.gap_features import lm_features
+    from libs.gap_features import checkpoint_row, probe_for_selection
 
     if arm not in ARMS:
         raise ValueError(f"unknown arm {arm!r}; expected one of {ARMS}")
@@ -201,8 +201,9 @@ def train_arm(cfg: TrainLargeConfig, arm: str, *, init_files: dict[str, bytes], 
     result = train_model(model, tokens, lengths, data.val_tokens, data.val_lengths, cfg.train, seed=seed,
                          weights=weights, checkpoint_dir=checkpoint_dir, label=f"train_large[{arm}]", on_eval=on_eval,
                          on_step=on_step, progress=progress, **extra)
-    rows = np.random.default_rng(seed).choice(len(tokens), min(cfg.gap_feature_rows, len(tokens)), replace=False)
-    features = lm_features(model, tokens[rows], lengths[rows], init_state=init_state, seed=seed)
+    gap = checkpoint_row(model, probe_for_selection(data, indices), model_name=arm, step=result.steps_done,
+                         tokens_seen=result.n_tokens, lr=cfg.train.lr, init_state=init_state, seed=seed)
+    features = gap["features"]   # gap["gap"]: validation loss on every validation row - the fixed subset's
     fpt = flops_per_token(model, data.seq_len)
     if _rank() == 0:
         print(f"[train_large[{arm}]] final val loss {result.final_val_loss:.4f} on {result.device}, "
@@ -212,7 +213,7 @@ def train_arm(cfg: TrainLargeConfig, arm: str, *, init_files: dict[str, bytes], 
         final_train_loss=result.final_train_loss, tokens_per_s=result.tokens_per_s,
         n_params=count_parameters(model), flops_per_step=fpt * result.n_tokens / max(result.steps_done, 1),
         n_tokens=result.n_tokens, resumed_from_step=result.resumed_from_step, gap_features=features,
-        measured_gap=result.final_val_loss - result.final_train_loss, device=result.device,
+        measured_gap=gap["gap"], device=result.device,
         seconds=time.perf_counter() - t0, steps=result.steps_done, init_flops=float(init_flops))
 
 
