@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from libs.checkpoints import finite_or_none, load_latest_checkpoint, prune_checkpoints, remove_checkpoints, \
+    save_checkpoint
 from libs.schema import option
 
 __all__ = ["TrainConfig", "TrainResult", "NonFiniteLossError", "train_model",
@@ -54,6 +56,10 @@ class TrainConfig:
     eval_every: int = option(50, "evaluate (validation and training loss) every this many steps", min=1)
     eval_batches: int = option(8, "batches per evaluation; 0 evaluates every validation row", min=0)
     checkpoint_every: int = option(0, "save a resumable checkpoint every this many steps (0 = never)", min=0)
+    keep_checkpoints: int = option(2, "newest checkpoints kept while training; older ones are deleted after each "
+                                   "save (0 = keep all)", min=0)
+    remove_checkpoints_on_success: bool = option(True, "delete the run's checkpoints once training finished "
+                                                 "(they only serve to resume a crashed run)")
     device: str = option("auto", "'auto' (CUDA if present, else CPU), 'cpu', or 'cuda'",
                          choices=("auto", "cpu", "cuda"))
     bf16: bool = option(True, "bf16 autocast when on CUDA (ignored on CPU)")
@@ -192,18 +198,29 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+_HOUSEKEEPING = ("checkpoint_every", "keep_checkpoints", "remove_checkpoints_on_success")  # not in fingerprints
+
+
 def _fingerprint(cfg: TrainConfig, model: torch.nn.Module, n_train: int, seed: int, label: str) -> str:
-    blob = json.dumps({"cfg": dataclasses.asdict(cfg), "n_train": n_train, "seed": seed, "label": label,
+    """What a checkpoint must match to be resumed: config (less housekeeping), data size, seed, label, model."""
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _HOUSEKEEPING}
+    blob = json.dumps({"cfg": settings, "n_train": n_train, "seed": seed, "label": label,
                        "model": model.config.to_json_string() if hasattr(model, "config") else ""},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)                                       # atomic: never a half-written checkpoint
+def _save_checkpoint(checkpoint_dir: Path, step: int, *, fingerprint: str, model: torch.nn.Module,
+                     optimizer: torch.optim.Optimizer, sampler: "_BatchSampler", curve: list[dict],
+                     n_tokens: int, running: float) -> Path:
+    """One resumable checkpoint (libs.checkpoints format: safetensors + JSON, atomic, checksummed)."""
+    sampler_state = sampler.state()
+    state = {"curve": curve, "n_tokens": int(n_tokens), "running": finite_or_none(running),
+             "sampler": {"rng": sampler_state["rng"], "pos": int(sampler_state["pos"])}}
+    arrays = {"sampler_order": np.asarray(sampler_state["order"], dtype=np.int64),
+              "torch_rng": torch.get_rng_state()}
+    return save_checkpoint(checkpoint_dir, step, fingerprint=fingerprint, model=model, optimizer=optimizer,
+                           state=state, arrays=arrays)
 
 
 class _BatchSampler:
@@ -244,7 +261,8 @@ def train_model(model: torch.nn.Module, train_tokens: np.ndarray, train_lengths:
                 val_tokens: np.ndarray, val_lengths: np.ndarray, cfg: TrainConfig, *, seed: int,
                 weights: np.ndarray | None = None, checkpoint_dir: str | Path | None = None,
                 label: str = "train", on_eval: Callable[[int, torch.nn.Module, dict], None] | None = None,
-                on_step: Callable[[int], None] | None = None, progress: bool = True) -> TrainResult:
+                on_step: Callable[[int], None] | None = None,
+                on_checkpoint: Callable[[str], None] | None = None, progress: bool = True) -> TrainResult:
     """Train ``model`` in place and return its loss curve and throughput.
 
     Parameters
@@ -253,12 +271,18 @@ def train_model(model: torch.nn.Module, train_tokens: np.ndarray, train_lengths:
     weights : float array (n_train,) or None
         Per-example loss weights (e.g. importance weights of a selected subset);
         normalised here to mean 1. Batches are drawn uniformly, so they are used once.
-    checkpoint_dir : folder for resumable checkpoints. A checkpoint there from the same
-        configuration, data size, seed and label is picked up and training continues
-        from its step; a mismatched one is ignored with a message.
+    checkpoint_dir : folder for resumable checkpoints (:mod:`libs.checkpoints` format:
+        safetensors and JSON, never pickle; one ``step-*`` folder per save, the newest
+        ``cfg.keep_checkpoints`` kept). The newest checkpoint there that verifies (checksums,
+        and the same configuration, data size, seed and label) is loaded and training
+        continues from its step; a corrupt, truncated or mismatched one is named in a
+        warning, set aside into ``rejected/`` and the previous one (or step 0) is used.
+        After training finished, ``cfg.remove_checkpoints_on_success`` deletes them.
     label : names the run in progress output and errors (e.g. ``train_large[grown]``).
     on_eval : ``on_eval(step, model, record)`` after every evaluation (cards, features).
     on_step : ``on_step(step)`` after every optimizer step (used by tests to inject a crash).
+    on_checkpoint : ``on_checkpoint(folder)`` after every checkpoint is saved (rank 0 only), e.g.
+        to copy it to durable storage; the flow uploads it into Metaflow's datastore.
 
     Raises
     ------
@@ -310,20 +334,31 @@ def train_model(model: torch.nn.Module, train_tokens: np.ndarray, train_lengths:
     val_rows = np.sort(eval_rng.choice(len(val_tokens), n_eval, replace=False))
     train_rows = np.sort(eval_rng.choice(n, min(n, n_eval), replace=False))
 
-    ckpt_path = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir else None
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else None
     fingerprint = _fingerprint(cfg, model, n, seed, f"{label}/world{world}")
-    start_step, curve, n_tokens, resumed_from = 0, [], 0, 0
-    if ckpt_path is not None and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if state.get("fingerprint") == fingerprint:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            sampler.load(state["sampler"])
-            start_step, curve, n_tokens = state["step"], state["curve"], state["n_tokens"]
-            resumed_from = start_step
-            say(f"resumed from checkpoint {ckpt_path} at step {start_step}")
-        else:
-            say(f"ignoring checkpoint {ckpt_path}: it belongs to another configuration")
+    start_step, curve, n_tokens, resumed_from, resumed_running = 0, [], 0, 0, float("nan")
+    loaded = None
+    if found_dir := (ckpt_dir is not None and ckpt_dir.is_dir()):
+        # every rank verifies and reads the same files; only rank 0 moves bad ones aside
+        loaded = load_latest_checkpoint(ckpt_dir, fingerprint, say if rank == 0 else (lambda _m: None),
+                                        move_bad=rank == 0)
+    if loaded is not None:
+        model.load_state_dict({k: v.to(device) for k, v in loaded.model.items()})
+        optimizer.load_state_dict(loaded.optimizer)
+        sampler.load({"rng": loaded.state["sampler"]["rng"], "pos": loaded.state["sampler"]["pos"],
+                      "order": loaded.arrays["sampler_order"].numpy()})
+        torch.set_rng_state(loaded.arrays["torch_rng"])
+        start_step, curve, n_tokens = loaded.step, loaded.state["curve"], loaded.state["n_tokens"]
+        resumed_running = float("nan") if loaded.state["running"] is None else loaded.state["running"]
+        resumed_from = start_step
+        say(f"resumed from checkpoint {loaded.path} at step {start_step}")
+    if distributed and found_dir:
+        steps = torch.tensor([start_step, -start_step], dtype=torch.int64, device=device)
+        dist.all_reduce(steps, op=dist.ReduceOp.MAX)
+        if int(steps[0]) != -int(steps[1]):
+            raise RuntimeError(f"[{label}] the data-parallel ranks loaded different checkpoints (steps "
+                               f"{-int(steps[1])}..{int(steps[0])}) from {ckpt_dir}; every rank must see the "
+                               "same checkpoint folder (a shared local disk)")
 
     def evaluate(step: int, running: float) -> dict[str, float]:
         model.eval()
@@ -349,14 +384,14 @@ def train_model(model: torch.nn.Module, train_tokens: np.ndarray, train_lengths:
         return record
 
     t0 = time.perf_counter()
-    running, tokens_this_run = float("nan"), 0
+    running, tokens_this_run = resumed_running, 0
     if start_step == 0:
         evaluate(0, float("nan"))
     bar = None
     if progress and rank == 0:              # plain lines: Metaflow's logs drop tqdm's carriage returns
         from libs.progress import Progress
         bar = Progress(cfg.steps, label, unit="steps", initial=start_step, every_s=10.0)
-    last_good = str(ckpt_path) if (ckpt_path is not None and ckpt_path.exists()) else "none (no checkpoint saved yet)"
+    last_good = f"{loaded.path} (step {loaded.step})" if loaded is not None else "none (no checkpoint saved yet)"
     for step in range(start_step, cfg.steps):
         for group in optimizer.param_groups:
             group["lr"] = lr_at_step(cfg, step)
@@ -395,18 +430,26 @@ def train_model(model: torch.nn.Module, train_tokens: np.ndarray, train_lengths:
             bar.update(1, note=f"loss {running:.3f}")
         if done % cfg.eval_every == 0 or done == cfg.steps:
             evaluate(done, running)
-        if ckpt_path is not None and cfg.checkpoint_every and (done % cfg.checkpoint_every == 0) and done < cfg.steps:
+        if ckpt_dir is not None and cfg.checkpoint_every and (done % cfg.checkpoint_every == 0) and done < cfg.steps:
+            saved = ckpt_dir / f"step-{done:08d}"
             if rank == 0:                     # one writer; every rank holds the same state
-                _save_checkpoint(ckpt_path, {"fingerprint": fingerprint, "step": done, "model": model.state_dict(),
-                                             "optimizer": optimizer.state_dict(), "sampler": sampler.state(),
-                                             "curve": curve, "n_tokens": n_tokens})
+                saved = _save_checkpoint(ckpt_dir, done, fingerprint=fingerprint, model=model, optimizer=optimizer,
+                                         sampler=sampler, curve=curve, n_tokens=n_tokens, running=running)
+                prune_checkpoints(ckpt_dir, cfg.keep_checkpoints)
+                if on_checkpoint is not None:
+                    on_checkpoint(str(saved))
             if distributed:
                 dist.barrier()
-            last_good = f"{ckpt_path} (step {done})"
+            last_good = f"{saved} (step {done})"
         if on_step is not None:
             on_step(done)
     if bar is not None:
         bar.close()
+    if ckpt_dir is not None and cfg.remove_checkpoints_on_success:
+        if distributed:
+            dist.barrier()                    # no rank still reading a checkpoint
+        if rank == 0:
+            remove_checkpoints(ckpt_dir)
     seconds = time.perf_counter() - t0
     final = curve[-1]
     model.cpu().eval()
