@@ -15,6 +15,8 @@ from metaflow import Config, FlowSpec, Parameter, card, config_expr, current, re
 
 from config_source import config_parser, settings_of, validated_settings  # flows/ is the script's folder
 from project_code import ship_project_code
+from metaflow import checkpoint  # metaflow-checkpoint (requirements.txt): checkpoints in the datastore
+from checkpointing import datastore_checkpoints, upload_checkpoint  # noqa: F401  (flows/checkpointing.py)
 from libs.token_data import TokenData
 from steps.config import GrowthConfig
 
@@ -187,6 +189,8 @@ class GrowthFlow(FlowSpec):
 
     @card(type="blank")
     @card(type="blank", id="live", refresh_interval=5)
+    @datastore_checkpoints                              # restore from / upload to the datastore (flows/checkpointing.py)
+    @checkpoint(load_policy="none", show_card=False)    # which checkpoint loads is scoped by datastore_checkpoints
     @retry(times=1, minutes_between_retries=0)
     @resources(cpu=config_expr("config.resources.train_large.cpu"),
                memory=config_expr("config.resources.train_large.memory"),
@@ -286,26 +290,16 @@ class GrowthFlow(FlowSpec):
         print(end.console_text(result, flow_file=os.path.relpath(__file__), run_id=current.run_id))
 
 def _checkpoint_dir(name: str) -> str:
-    """Where a step's mid-training checkpoints live: keyed by run, found again by ``resume``.
+    """The step's local checkpoint folder, restored from Metaflow's datastore by ``@datastore_checkpoints``.
 
-    A resumed run looks for its origin run's checkpoint and copies it into its own folder,
-    so training continues from the last checkpoint, and a resume of a resume works too.
-    ``GROWTHFLOW_CHECKPOINT_ROOT`` moves the folder (on remote compute: a shared volume).
+    Checkpoints live in the datastore (metaflow-checkpoint's ``@checkpoint``), so ``@retry``
+    and ``resume`` find them on any machine; nothing is written under the working directory.
+    A resume loads its origin run's checkpoint of the same branch; a fresh run never loads
+    another run's. See flows/checkpointing.py.
     """
-    import shutil
-    from metaflow.metaflow_config import DATASTORE_SYSROOT_LOCAL
+    from checkpointing import checkpoint_dir
 
-    root = os.environ.get("GROWTHFLOW_CHECKPOINT_ROOT") or os.path.join(
-        DATASTORE_SYSROOT_LOCAL or os.getcwd(), ".metaflow", "growthflow_checkpoints")
-    own = os.path.join(root, current.flow_name, current.run_id, name)
-    origin = current.origin_run_id
-    if origin and not os.path.exists(own):
-        previous = os.path.join(root, current.flow_name, origin, name)
-        if os.path.isdir(previous):
-            shutil.copytree(previous, own)
-            print(f"found the checkpoint of origin run {origin}: continuing from it", file=sys.stderr)
-    os.makedirs(own, exist_ok=True)
-    return own
+    return checkpoint_dir(name)
 
 
 def _failure_injector(arm: str):
