@@ -116,7 +116,7 @@ def test_nan_loss_stops_with_clear_error(tmp_path):
         train_model(model, tt, tl, tt, tl, cfg, seed=0, checkpoint_dir=tmp_path, label="train_large[grown]",
                     on_step=poison, progress=False)
     msg = str(err.value)
-    assert "train_large[grown]" in msg and "step 8" in msg and "checkpoint.pt (step 5)" in msg
+    assert "train_large[grown]" in msg and "step 8" in msg and "step-00000005 (step 5)" in msg
 
 
 def test_checkpoint_resume_continues_exactly(tmp_path):
