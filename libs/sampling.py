@@ -660,7 +660,7 @@ class SensitivityResult:
     mixture: float = 0.0
 
 
-DEFAULT_MIXTURE = 0.2
+DEFAULT_MIXTURE = 0.3
 
 
 def sensitivity_sampling(assignment: np.ndarray, sq_distance: np.ndarray, loss_fn: LossFn, budget: int, *,
