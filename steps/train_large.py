@@ -43,7 +43,7 @@ from libs.token_data import TokenData
 from libs.training import TrainConfig, train_model
 
 __all__ = ["ARMS", "DDP_BACKENDS", "FAIL_ENV", "RANK_MODULE", "TrainLargeConfig", "TrainLargeResult", "run",
-           "train_arm", "arm_config", "control_plan", "report", "scratch_model_like", "failure_injector",
+           "train_arm", "arm_config", "grown_train_config", "control_plan", "report", "scratch_model_like", "failure_injector",
            "resolve_backend", "write_inputs", "read_inputs", "write_result", "read_result"]
 
 ARMS = ("grown", "scratch", "control")
@@ -71,6 +71,14 @@ class TrainLargeConfig:
                                "lr (pretrain_small.train.lr)", min=0.0)
     control_warmup_steps: int = option(0, "warmup of the control arm's schedule (it continues a trained model); "
                                        "0 = none", min=0)
+    grown_schedule: str = option("continue", "the grown arm's learning-rate schedule: 'continue' (peak at most the "
+                                 "components' final lr, grown_warmup_steps of re-warmup, a cosine decay over "
+                                 "grown_decay_fraction of the remaining steps: libs.training.post_growth_config) or "
+                                 "'restart' (the same schedule as scratch)", choices=("continue", "restart"))
+    grown_warmup_steps: int = option(10, "grown_schedule 'continue': warmup steps after growth", min=0)
+    grown_decay_fraction: float = option(1.0, "grown_schedule 'continue': the cosine decay spans this fraction "
+                                         "of the steps after the warmup (LEMON's faster decay: < 1)",
+                                         min=0.0, max=1.0, min_exclusive=True)
     gap_feature_rows: int = option(64, "training rows used for the trained model's gap features", min=8)
     nproc_per_node: int = option(1, "processes (one per GPU) that train each arm data-parallel on one node, "
                                  "launched by metaflow-torchrun; 1 trains in the step's own process. "
@@ -140,8 +148,27 @@ def control_plan(cfg: TrainLargeConfig, *, grown_files: dict[str, bytes], contro
             "flops_per_step": small, "large_flops_per_step": large}
 
 
-def arm_config(cfg: TrainLargeConfig, arm: str, *, control_steps: int = 0, control_lr: float = 0.0) -> TrainLargeConfig:
-    """The config an arm trains with: the control's steps and schedule differ from the large arms'."""
+def grown_train_config(cfg: TrainLargeConfig, components_train: TrainConfig) -> TrainConfig:
+    """The grown arm's training settings under ``cfg.grown_schedule`` (the components trained with
+    ``components_train``): the large arms' own for 'restart'; for 'continue' a peak of at most the
+    components' final learning rate, a short re-warmup and the configured decay span."""
+    from libs.training import final_lr, post_growth_config
+
+    large = cfg.train
+    if cfg.grown_schedule == "restart":
+        return large
+    warmup = min(cfg.grown_warmup_steps, large.steps)
+    decay = max(1, int(round(cfg.grown_decay_fraction * (large.steps - warmup))))
+    return post_growth_config(large, components_final_lr=final_lr(components_train), warmup_steps=warmup,
+                              decay_steps=decay)
+
+
+def arm_config(cfg: TrainLargeConfig, arm: str, *, control_steps: int = 0, control_lr: float = 0.0,
+               components_train: TrainConfig | None = None) -> TrainLargeConfig:
+    """The config an arm trains with: the grown arm's schedule (:func:`grown_train_config`, given the
+    components' ``components_train``) and the control's steps and learning rate differ from scratch's."""
+    if arm == "grown" and components_train is not None:
+        return dataclasses.replace(cfg, train=grown_train_config(cfg, components_train))
     if arm != "control":
         return cfg
     lr = cfg.control_lr or control_lr

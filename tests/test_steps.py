@@ -139,3 +139,21 @@ def test_join_large_states_a_saving_only_behind_a_passing_capacity_check():
     figures = _summary(failed).figures
     assert figures["verdict_grown"] == "not assessed: capacity check failed" and "step_ratio_grown" not in figures
     assert "0.25x" not in _summary(failed).text
+
+
+def test_grown_arm_schedule_never_exceeds_the_peaks():
+    """The flow's grown arm: peak at most the components' final lr and the large arms' lr; 'restart' = scratch's."""
+    from libs.training import TrainConfig, final_lr, lr_at_step
+    from steps import train_large
+
+    components = TrainConfig(steps=100, lr=3e-3, warmup_steps=10, min_lr_ratio=0.5)
+    cfg = train_large.TrainLargeConfig(train=TrainConfig(steps=200, lr=4e-3, warmup_steps=20),
+                                       grown_warmup_steps=5, grown_decay_fraction=0.5)
+    grown = train_large.arm_config(cfg, "grown", components_train=components).train
+    peak = min(cfg.train.lr, final_lr(components))
+    lrs = [lr_at_step(grown, step) for step in range(grown.steps)]
+    assert max(lrs) <= peak + 1e-12 and max(lrs) == pytest.approx(peak)
+    assert grown.warmup_steps == 5 and grown.decay_steps == round(0.5 * 195)
+    restart = dataclasses.replace(cfg, grown_schedule="restart")
+    assert train_large.arm_config(restart, "grown", components_train=components).train == cfg.train
+    assert train_large.arm_config(cfg, "scratch", components_train=components).train == cfg.train
