@@ -11,6 +11,9 @@ as artifacts and draws its card. The logic lives in ``steps/`` and ``libs/``.
 import os
 import sys
 
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")   # no carriage-return bars in line-based task logs
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
 from metaflow import Config, FlowSpec, Parameter, card, config_expr, current, resources, retry, step
 
 from config_source import config_parser, settings_of, validated_settings  # flows/ is the script's folder
@@ -75,6 +78,7 @@ class GrowthFlow(FlowSpec):
     @step
     def prepare(self):
         """Corpus -> documents -> train/val split -> tokenizer -> token arrays."""
+        from libs.fingerprint import data_fingerprint
         from steps import prepare
         from flow_cards import render
 
@@ -90,6 +94,9 @@ class GrowthFlow(FlowSpec):
         self.pad_id, self.bos_id, self.eos_id = result.pad_id, result.bos_id, result.eos_id
         self.source_counts = result.source_counts
         self.prepare_seconds = result.seconds
+        # what the gap zoo matches runs on: the tokenizer and every token array (libs/fingerprint.py)
+        self.data_fingerprint = data_fingerprint(result.tokenizer_json, result.train_tokens, result.train_lengths,
+                                                 result.val_tokens, result.val_lengths)
         render(prepare.report(result))
         self.next(self.embed)
 
@@ -118,10 +125,8 @@ class GrowthFlow(FlowSpec):
         from flow_cards import render
 
         cfg = _settings(self)
-        result = select_data.run(cfg.select, embeddings=self.embeddings, train_tokens=self.train_tokens,
-                                 train_lengths=self.train_lengths, val_tokens=self.val_tokens,
-                                 val_lengths=self.val_lengths, train_sources=self.train_sources,
-                                 vocab_size=self.vocab_size, seq_len=self.seq_len, seed=cfg.seed)
+        result = select_data.run(cfg.select, data=TokenData.from_attrs(self), embeddings=self.embeddings,
+                                 seed=cfg.seed)
         self.selection = _plain(result)          # every figure of the selection, plain data
         self.selection_indices, self.selection_weights = result.indices, result.weights
         self.selection_assignment = result.assignment
@@ -197,7 +202,8 @@ class GrowthFlow(FlowSpec):
                gpu=config_expr("config.resources.train_large.gpu"))
     @step
     def train_large(self):
-        """Train the large model from the grown init or from scratch (GPU when there is one).
+        """One arm (GPU when there is one): the grown model, scratch of the same shape, or the control (the first
+        small model trained on for equal total FLOPs, the capacity check).
 
         With ``train_large.nproc_per_node > 1`` the arm trains data-parallel on that many
         processes of this node, started by metaflow-torchrun's single-node launcher.
@@ -210,6 +216,8 @@ class GrowthFlow(FlowSpec):
         arm = self.input
         data = TokenData.from_attrs(self)
         arm_cfg, init_files, init_flops = cfg.train_large, self.grown_model, 0.0
+        if arm == "grown":                          # the post-growth schedule (train_large.grown_schedule)
+            arm_cfg = train_large.arm_config(cfg.train_large, arm, components_train=cfg.pretrain_small.train)
         self.control_plan = None
         if arm == "control":                        # the first small model, trained on for equal total FLOPs
             first = self.small_model_names[0]
@@ -261,10 +269,23 @@ class GrowthFlow(FlowSpec):
         from steps import predict_gap
         from flow_cards import render
 
+        from libs.fingerprint import settings_fingerprint
+        from libs.gap_features import measurement_fingerprint
+        from zoo_client import gap_zoo_inputs
+
         cfg = _settings(self)
-        earlier = _earlier_zoo_rows(cfg.predict_gap.include_earlier_runs, cfg.predict_gap.max_earlier_runs)
-        rows = [dict(r, run_id=current.run_id) for r in self.gap_zoo_rows] + earlier
-        result = predict_gap.run(cfg.predict_gap, zoo_rows=rows, targets=self.large_targets, seed=cfg.seed)
+        self.measurement_fingerprint = measurement_fingerprint(cfg.predict_gap.train_eval_rows,
+                                                               cfg.predict_gap.feature_rows)
+        # de-duplication key of this run's models: everything that shapes their rows (not predict_gap, resources)
+        config_key = settings_fingerprint({k: v for k, v in self.settings.items() if k not in ("predict_gap", "resources")})
+        self.gap_own_rows = [dict(r, key=f"{config_key}:{r['model']}") for r in self.gap_zoo_rows]
+        rows, sources, excluded = gap_zoo_inputs(cfg.predict_gap, flow_name=current.flow_name, run_id=current.run_id,
+                                                 own_rows=self.gap_own_rows, data_fingerprint=self.data_fingerprint,
+                                                 measurement_fingerprint=self.measurement_fingerprint)
+        earlier_ids = {s["run_id"] for s in sources if s.get("role") == "earlier run"}
+        earlier = [r for r in rows if r["source"] in earlier_ids]
+        result = predict_gap.run(cfg.predict_gap, zoo_rows=rows, targets=self.large_targets, seed=cfg.seed,
+                                 sources=sources, excluded=excluded)
         self.gap_prediction = _plain(result)
         self.gap_predictions = result.predictions
         self.gap_n_earlier_rows = len(earlier)
@@ -326,30 +347,10 @@ def _torchrun_launcher(nproc_per_node: int):
     return TorchrunSingleNodeMultiGPU().run
 
 
-def _earlier_zoo_rows(include: bool, max_runs: int) -> list:
-    """Gap-zoo rows of earlier successful runs of this flow (Client API), tagged by run id."""
-    if not include or max_runs == 0:
-        return []
-    from metaflow import Flow
-    from metaflow.exception import MetaflowNotFound
-
-    rows = []
-    try:
-        runs = list(Flow(current.flow_name).runs())
-    except MetaflowNotFound:
-        return []
-    for run in runs:
-        if len({r["run_id"] for r in rows}) >= max_runs:
-            break
-        if run.id == current.run_id or not run.successful:
-            continue
-        try:
-            earlier = run["join_small"].task.data.gap_zoo_rows
-        except (KeyError, AttributeError, MetaflowNotFound):
-            continue
-        rows.extend(dict(r, run_id=run.id) for r in earlier)
-    return rows
-
-
 if __name__ == "__main__":
+    from cli_checks import check_command_line  # flows/cli_checks.py: a wrong command fails in one line, no run made
+
+    sys.argv = check_command_line(sys.argv, "GrowthFlow", config_cls=GrowthConfig,
+                                  default_config=os.path.join(_ROOT, "config", "default.toml"),
+                                  parameters={"seed": "seed", "budget": "select.budget"})
     GrowthFlow()
