@@ -1,75 +1,49 @@
-"""Growth saving benchmark (issue 6): what growing a large model from small ones saves; one JSON object.
+"""Growth saving benchmark (issue 11): did growing pay? The flow's arms over seeds; one JSON object.
 
-    python bench/bench_growth.py                          # the default config, 3 seeds
-    python bench/bench_growth.py --quick --threads 1      # smoke test: tiny steps, 1 seed, ~1-2 minutes
-    python bench/bench_growth.py --seeds 5 --noise-std 0.05 --out /tmp/growth.json
+    nice -n 5 python bench/bench_growth.py --out bench/results/growth.json       # default config, 3 seeds
+    python bench/bench_growth.py --quick --out /tmp/growth_quick.json              # smoke test, ~1-2 minutes
+    python bench/bench_growth.py --arms scratch fuse self_fuse control --seeds 3
 
-Data. The default corpus (``--config``, default config/default.toml) is built once with the
-project's own stages and the config's seed: ``steps.prepare.run`` (documents, split, tokenizer,
-token arrays), then the selected subset at the config's budget: a uniform slice by default
-(``--selection uniform``, weights 1), or the config's own selection (``--selection config``:
-``steps.embed.run`` + ``steps.select_data.run``, importance weights as per-example loss weights). Every
-model below trains on that subset and is evaluated on the same validation rows.
+Data. The config's corpus and selection, built once with the flow's own stages:
+``steps.prepare.run``, then ``steps.embed.run`` + ``steps.select_data.run`` (``--selection config``,
+the default: importance weights as per-example loss weights) or a uniform slice of the same
+number of distinct documents (``--selection uniform``).
 
-Per seed s = 0 .. ``--seeds`` - 1, one run side by side, with the one training loop
-(``libs.training.train_model``):
+Per seed s = 0 .. ``--seeds`` - 1 (the flow's seed is the config's; here it is s):
 
-1. The config's two small models (``pretrain_small.models``, e.g. GPT-2 2 layers x 64 wide),
-   seeded ``s + 1000 * i`` as the flow does, trained ``--small-steps`` steps with
-   ``pretrain_small.train``.
-2. Large-model arms, each trained ``--large-steps`` steps with the same ``train_large.train``
-   (a fresh optimizer and a restarted warmup for every arm, grown ones included) on the same
-   batches in the same order (data-order seed s):
+1. The config's small models, trained in parallel processes by ``steps.pretrain_small.run``
+   (model i seeded ``s + 1000 i``, as the flow does).
+2. The grown initializations, by ``steps.grow.run``: ``fuse`` (Deep Fusion of all small models)
+   and, when asked, ``self_fuse`` (the first small model fused with itself with the config's
+   ``grow`` options, e.g. HyperCloning's full tiling and ~10 dB noise).
+3. The arms, in parallel processes, by ``steps.train_large.run`` on the same selected rows in the
+   same order: ``scratch`` (random init of the grown shape), every grown arm, and ``control``
+   (the first small model trained on for equal total FLOPs: ``train_large.control_plan``).
+   A grown arm trains with the post-growth schedule (``--grown-schedule``): ``restart`` (the
+   large arms' schedule) or ``continue`` (``libs.training.post_growth_config``: peak at most the
+   learning rate the components ended at, ``--grown-warmup`` warmup steps, cosine decay over
+   ``--grown-decay`` x the steps).
+4. The verdict, ``libs.growth_saving.assess_growth`` (what ``join_large`` prints): the capacity
+   check, and per grown arm steps and FLOPs to scratch's final validation loss (after growth,
+   in total with its small models' pretraining, on the critical path), the gain over the
+   loss-matching null, and "saving" / "no saving" / "not assessed: capacity check failed".
 
-   ``scratch``          random init of the fused shape (width = sum of the small widths, same
-                        depth; seeded ``s + 7919`` as ``steps.train_large`` does): the target.
-   ``fuse``             Deep Fusion of the two small models (``libs.growth.fuse_models``).
-   ``self_fuse``        small_a fused with itself, no noise (an exact clone).
-   ``self_fuse_noise``  the same with symmetry-breaking noise that cancels in the function
-                        (``self_fuse(noise_std=--noise-std)``).
-   ``stack``            small_a with its depth doubled at the small width (``stack_layers``,
-                        ``--stack-mode``): a *different* large shape. It is still compared with the
-                        scratch arm of the fused shape (the JSON notes the shapes); ``--arms``
-                        can add ``scratch_stack``, a scratch model of the stacked shape, which
-                        then also gets its own row in ``stack_vs_own_shape``.
-   ``control``          small_a trained on for the same extra FLOPs as one large arm:
-                        ``large_steps x flops_per_token(large) / flops_per_token(small)`` steps,
-                        with the large arms' TrainConfig otherwise.
+``--stop-at-target`` trains scratch first and stops every grown arm at the evaluation where it
+reaches scratch's final loss (fewer CPU seconds; its final loss is then the stopping loss).
 
-Figures per seed and arm: final validation loss; steps and FLOPs to reach the scratch arm's
-final validation loss (``libs.growth_saving.saving_table``; linear interpolation between
-evaluations), FLOPs counted after growth only and in total, where the total adds the
-pretraining of every small model the arm was grown from (fuse: both; self_fuse, stack and
-control: small_a; scratch: none; ``flops_total_every_small_model`` charges both small models to
-every grown arm, as ``join_large`` does); the function-preservation error of each growth
-operator at init (``preservation_error``, float64, on a few validation rows) and, for the
-self-fused arms, how far the two copies drifted apart in training (``copy_asymmetry``: 0 = still
-identical).
-
-Capacity check, per seed: the scratch large model must end below the control arm's final
-validation loss. Where it does not, that seed says "capacity check failed: the larger shape is
-not worth growing into at this budget" and reports no speedup (final losses only).
-
-Summary over the seeds whose capacity check passed: per arm mean and min/max of the step
-speedup (scratch steps / the arm's steps to scratch's final loss), of the step ratio (its
-inverse, as ``saving_table`` reports it), of the total-FLOPs ratio (arm / scratch), and of the
-final loss (over every seed). Goal: the best grown arm reaches scratch's final loss in at most
-0.5x the scratch steps and in fewer total FLOPs than scratch, in every seed (``goal.met``; the
-same test on the means is ``goal.met_on_mean``).
-
-Everything is seeded; no network is used (HF_HUB_OFFLINE=1 is fine); torch uses ``--threads``
-CPU threads in each of ``--jobs`` processes (seeds run in parallel when ``--jobs`` > 1: on 2 cores,
-``--jobs 3 --threads 1`` runs the three seeds at once). Progress goes to stderr; the one JSON object
-goes to stdout (and ``--out``).
+The JSON holds per seed every figure of the verdict, the shapes, FLOPs, seconds and curves; the
+summary over seeds; the goal test (best grown arm <= 0.5x scratch's steps and <= 0.85x its total
+FLOPs with a positive null gain, in every seed whose capacity check passed); the CPU model
+(/proc/cpuinfo), the load average before and after, and the threads and processes used.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -78,14 +52,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 
-GOAL_STEP_RATIO = 0.5
-CAPACITY_FAILED = "capacity check failed: the larger shape is not worth growing into at this budget"
-GROWN_ARMS = ("fuse", "self_fuse", "self_fuse_noise", "stack")
-DEFAULT_ARMS = ("scratch",) + GROWN_ARMS + ("control",)
-ALL_ARMS = DEFAULT_ARMS + ("scratch_stack",)
-PRESERVATION_ROWS = 4           # validation rows on which each operator's function preservation is measured
-ASYMMETRY_ROWS = 16             # validation rows on which the self-fused copies' drift is measured
-QUICK = dict(small_steps=20, large_steps=30, eval_every=10, eval_batches=2, warmup_steps=3)
+GOAL = {"step_ratio": 0.5, "flops_ratio_total": 0.85}
+GROWN_ARMS = ("fuse", "self_fuse")
+ALL_ARMS = ("scratch",) + GROWN_ARMS + ("control",)
+QUICK = dict(small_steps=20, large_steps=40, eval_every=10, eval_batches=2, warmup_steps=3)
 
 
 def _log(message: str) -> None:
@@ -93,306 +63,270 @@ def _log(message: str) -> None:
 
 
 def _stats(values: list[float]) -> dict | None:
+    values = [v for v in values if v is not None]
     if not values:
         return None
     v = np.asarray(values, dtype=np.float64)
-    return {"mean": float(v.mean()), "min": float(v.min()), "max": float(v.max()), "n": len(v)}
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+            "min": float(v.min()), "max": float(v.max()), "n": len(v), "values": [float(x) for x in v]}
+
+
+def machine() -> dict:
+    """The CPU model, core count and load average (the benchmark shares the machine)."""
+    model = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (None, None, None)
+    return {"cpu_model": model, "cpu_count": os.cpu_count(), "load_average_1_5_15min": [round(x, 2) for x in load]}
 
 
 # ----------------------------------------------------------------------------------------------
-# the data: the default corpus and its selected subset, built once
+# data
 
 
-@dataclasses.dataclass(frozen=True)
-class BenchData:
-    """The selected training rows and the validation split, as the training loop takes them."""
-
-    train_tokens: np.ndarray        # int32 (m, seq_len + 1), the selected rows
-    train_lengths: np.ndarray       # int32 (m,)
-    weights: np.ndarray             # float64 (m,) per-example loss weights (1 for a uniform slice)
-    val_tokens: np.ndarray          # int32 (n_val, seq_len + 1)
-    val_lengths: np.ndarray         # int32 (n_val,)
-    assignment: np.ndarray | None   # int64 (m,) cluster of each selected row (config selection only)
-    vocab_size: int
-    seq_len: int
-    bos_id: int
-    eos_id: int
-    summary: dict
-
-
-def load_data(cfg, selection: str) -> BenchData:
-    """Prepare the config's corpus and select its budget: a uniform slice, or the config's own selection."""
+def load_data(cfg, selection: str) -> tuple:
+    """The TokenData of the config's corpus, the selected rows and their loss weights, and a summary."""
     from libs.sampling import uniform_sample
-    from steps import prepare
+    from libs.token_data import TokenData
+    from steps import embed, prepare, select_data
 
     t0 = time.perf_counter()
     p = prepare.run(cfg.prepare, seed=cfg.seed)
-    n = len(p.train_tokens)
-    if selection == "uniform":
-        budget = cfg.select.budget_docs or max(1, int(round(cfg.select.budget * n)))
-        indices, _ = uniform_sample(n, min(budget, n), replace=False, random_state=cfg.seed).selected()
-        weights, assignment, method = np.ones(len(indices)), None, "uniform slice (without replacement)"
-    else:
-        from steps import embed, select_data
-
-        embeddings = embed.run(cfg.embed, p.train_texts, seed=cfg.seed).embeddings
-        chosen = select_data.run(dataclasses.replace(cfg.select, diagnostics=False), embeddings=embeddings,
-                            train_tokens=p.train_tokens, train_lengths=p.train_lengths, val_tokens=p.val_tokens,
-                            val_lengths=p.val_lengths, train_sources=p.train_sources, vocab_size=p.vocab_size,
-                            seq_len=p.seq_len, seed=cfg.seed)
-        indices, weights, assignment = chosen.indices, chosen.weights, chosen.assignment[chosen.indices]
-        method = f"the config's selection ({cfg.select.method}, embedder {cfg.embed.method})"
-    tokens, lengths = p.train_tokens[indices], p.train_lengths[indices]
-    summary = {"selection": method, "budget": cfg.select.budget, "n_train_documents": n,
-               "n_selected_rows": len(indices), "n_selected_tokens": int((lengths.astype(np.int64) - 1).sum()),
-               "n_val_rows": len(p.val_tokens), "seq_len": p.seq_len, "vocab_size": p.vocab_size,
+    data = TokenData.from_attrs(p)
+    t_prepare = time.perf_counter() - t0
+    embeddings = embed.run(cfg.embed, p.train_texts, seed=cfg.seed).embeddings
+    t_embed = time.perf_counter() - t0 - t_prepare
+    chosen = select_data.run(dataclasses.replace(cfg.select, diagnostics=False), data=data, embeddings=embeddings,
+                             seed=cfg.seed, progress=False)
+    t_select = time.perf_counter() - t0 - t_prepare - t_embed
+    indices, weights, assignment = chosen.indices, chosen.weights, chosen.assignment
+    if selection == "uniform":        # the same number of distinct documents, uniformly, weight 1
+        indices, _ = uniform_sample(data.n_train, len(indices), replace=False, random_state=cfg.seed).selected()
+        weights = np.ones(len(indices))
+    n_tokens = int((data.train_lengths[indices].astype(np.int64) - 1).sum())
+    all_tokens = int((data.train_lengths.astype(np.int64) - 1).sum())
+    summary = {"selection": selection if selection == "uniform" else
+               f"the config's ({cfg.select.method}, embedder {cfg.embed.method})",
+               "n_train_documents": data.n_train, "n_train_tokens": all_tokens, "n_val_documents": data.n_val,
+               "n_selected_documents": int(len(indices)), "n_selected_tokens": n_tokens,
+               "selected_fraction_of_tokens": n_tokens / all_tokens,
                "weights_effective_size": float(weights.sum() ** 2 / (weights ** 2).sum()),
-               "seed": cfg.seed, "seconds": round(time.perf_counter() - t0, 1)}
-    return BenchData(train_tokens=tokens, train_lengths=lengths, weights=weights, val_tokens=p.val_tokens,
-                     val_lengths=p.val_lengths, assignment=assignment, vocab_size=p.vocab_size, seq_len=p.seq_len,
-                     bos_id=p.bos_id, eos_id=p.eos_id, summary=summary)
+               "seq_len": data.seq_len, "vocab_size": data.vocab_size,
+               "seconds": {"prepare": round(t_prepare, 1), "embed": round(t_embed, 1), "select": round(t_select, 1)}}
+    return data, np.asarray(indices), np.asarray(weights, dtype=np.float64), assignment, summary
 
 
 # ----------------------------------------------------------------------------------------------
-# training configs
+# work done in the worker processes
 
 
-def _with_steps(train_cfg, steps: int, *, eval_every: int = 0, eval_batches: int | None = None):
-    """``train_cfg`` for ``steps`` steps (warmup capped at the steps), without checkpoints."""
-    changes = dict(steps=steps, warmup_steps=min(train_cfg.warmup_steps, steps), checkpoint_every=0)
-    if eval_every:
-        changes["eval_every"] = eval_every
-    if eval_batches is not None:
-        changes["eval_batches"] = eval_batches
-    return dataclasses.replace(train_cfg, **changes)
+def _worker_init(threads: int) -> None:
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    hf_logging.disable_progress_bar()
 
 
-def training_configs(cfg, args) -> tuple:
-    """The small models' and the large arms' TrainConfig after the command line's overrides."""
-    small, large = cfg.pretrain_small.train, cfg.train_large.train
-    eval_batches = None
-    if args.quick:
-        small = dataclasses.replace(small, warmup_steps=min(small.warmup_steps, QUICK["warmup_steps"]))
-        large = dataclasses.replace(large, warmup_steps=min(large.warmup_steps, QUICK["warmup_steps"]))
-        eval_batches = QUICK["eval_batches"]
-    return (_with_steps(small, args.small_steps, eval_every=args.eval_every, eval_batches=eval_batches),
-            _with_steps(large, args.large_steps, eval_every=args.eval_every, eval_batches=eval_batches))
+def _small_job(pcfg, i: int, data, indices, weights, assignment, seed: int):
+    from steps import pretrain_small
+
+    mine, w = pretrain_small.subset_for_model(pcfg, i, indices, weights, assignment)
+    return pretrain_small.run(pcfg, pcfg.models[i], data=data, indices=mine, weights=w, seed=seed + 1000 * i,
+                              progress=False)
 
 
-# ----------------------------------------------------------------------------------------------
-# one seed: small models, growth, arms, saving
+class _TargetReached(Exception):
+    pass
 
 
-def _train(model, data: BenchData, train_cfg, *, seed: int, label: str) -> dict:
-    """Train ``model`` in place on the selected rows; its curve, FLOPs per step and throughput."""
-    from libs.models import flops_per_token
-    from libs.training import train_model
+def _arm_job(lcfg, flow_arm: str, name: str, init_files: dict, data, indices, weights, seed: int,
+             init_flops: float, target_loss: float | None):
+    """Train one arm with ``steps.train_large.run``; stop at ``target_loss`` when given."""
+    from libs.models import flops_per_token, model_from_files
+    from steps import train_large
 
-    result = train_model(model, data.train_tokens, data.train_lengths, data.val_tokens, data.val_lengths, train_cfg,
-                         seed=seed, weights=data.weights, label=label, progress=False)
-    per_token = flops_per_token(model, data.seq_len)
-    return {"shape": _shape(model), "final_val_loss": result.final_val_loss,
-            "final_train_loss": result.final_train_loss, "steps": result.steps_done, "n_tokens": result.n_tokens,
-            "flops_per_token": per_token,
-            "flops_per_step": per_token * result.n_tokens / max(result.steps_done, 1),
-            "flops": per_token * result.n_tokens, "tokens_per_s": round(result.tokens_per_s),
-            "seconds": round(result.seconds, 1), "curve": result.curve}
+    if target_loss is None:
+        result = train_large.run(lcfg, flow_arm, init_files=init_files, data=data, indices=indices, weights=weights,
+                                 seed=seed, init_flops=init_flops, progress=False)
+        return {"name": name, "curve": result.curve, "flops_per_step": result.flops_per_step,
+                "final_val_loss": result.final_val_loss, "steps": result.steps, "n_tokens": result.n_tokens,
+                "tokens_per_s": result.tokens_per_s, "seconds": result.seconds, "n_params": result.n_params,
+                "stopped_at_target": False}
+    curve: list[dict] = []
 
-
-def _preservation(grown, references: list, data: BenchData) -> dict:
-    from libs.growth import preservation_error
-
-    rows = slice(0, PRESERVATION_ROWS)
-    p = preservation_error(grown, references, data.val_tokens[rows], lengths=data.val_lengths[rows])
-    return {k: p[k] for k in ("max_abs_dlogit", "relative_deviation", "nll_grown", "nll_reference")}
-
-
-def _shape(model) -> dict:
-    from libs.models import count_parameters, model_shape
-
-    shape = model_shape(model)
-    return {k: shape[k] for k in ("family", "n_layer", "n_embd", "n_head", "n_inner")} | {
-        "n_params": count_parameters(model)}
-
-
-def grow_initializations(small: dict, arms: tuple[str, ...], *, seed: int, noise_std: float,
-                         stack_mode: str) -> dict:
-    """The initial model of every large arm but the control (small: name -> trained model)."""
-    from libs.growth import fuse_models, self_fuse, stack_layers
-    from libs.models import model_to_files
-    from steps.train_large import scratch_model_like
-
-    a, b = list(small.values())[:2]
-    fused = fuse_models([a, b])
-    inits = {"fuse": (fused, [a, b]),
-             "self_fuse": (self_fuse(a, noise_std=0.0), [a]),
-             "self_fuse_noise": (self_fuse(a, noise_std=noise_std, random_state=seed), [a]),
-             "stack": (stack_layers(a, mode=stack_mode), [a])}
-    inits["scratch"] = (scratch_model_like(model_to_files(fused), seed + 7919), [])
-    if "scratch_stack" in arms:
-        inits["scratch_stack"] = (scratch_model_like(model_to_files(inits["stack"][0]), seed + 7919), [])
-    return {arm: inits[arm] for arm in arms if arm in inits}
-
-
-def _components(arm: str, small_names: list[str]) -> list[str]:
-    """The small models an arm was grown from: their pretraining counts in its total FLOPs."""
-    if arm.startswith("scratch"):
-        return []
-    return small_names[:2] if arm == "fuse" else small_names[:1]
-
-
-def run_seed(seed: int, cfg, data: BenchData, small_cfg, large_cfg, args) -> dict:
-    """Everything for one seed: the small models, every arm, the saving table and the capacity check."""
-    from libs.growth import copy_asymmetry
-    from libs.growth_saving import saving_table, steps_to_reach
-    from libs.models import build_model, flops_per_token
-    from steps.pretrain_small import subset_for_model
+    def watch(step, model, record):
+        curve.append(dict(record))
+        if step > 0 and record["val_loss"] <= target_loss:
+            raise _TargetReached
 
     t0 = time.perf_counter()
-    specs = cfg.pretrain_small.models[:2]
-    small, small_report = {}, {}
-    for i, spec in enumerate(specs):
-        model = build_model(spec, vocab_size=data.vocab_size, n_positions=data.seq_len + 1, seed=seed + 1000 * i,
-                            bos_token_id=data.bos_id, eos_token_id=data.eos_id)
-        mine = np.arange(len(data.train_tokens))
-        if cfg.pretrain_small.data == "by_cluster":
-            mine, _ = subset_for_model(cfg.pretrain_small, i, mine, data.weights, data.assignment)
-        part = dataclasses.replace(data, train_tokens=data.train_tokens[mine], train_lengths=data.train_lengths[mine],
-                                   weights=data.weights[mine])
-        _log(f"seed {seed}: pretraining {spec.name} ({spec.n_layer} x {spec.n_embd}) for {small_cfg.steps} steps")
-        small[spec.name] = model
-        small_report[spec.name] = _train(model, part, small_cfg, seed=seed + 1000 * i,
-                                         label=f"seed{seed}:{spec.name}")
-    names = list(small)
-    pre_flops_of = {name: small_report[name]["flops"] for name in names}
+    try:
+        train_large.run(lcfg, flow_arm, init_files=init_files, data=data, indices=indices, weights=weights,
+                        seed=seed, init_flops=init_flops, on_eval=watch, progress=False)
+    except _TargetReached:
+        pass
+    seconds = time.perf_counter() - t0
+    steps, n_tokens = int(curve[-1]["step"]), int(curve[-1]["tokens"])
+    fpt = flops_per_token(model_from_files(init_files), data.seq_len)
+    return {"name": name, "curve": curve, "flops_per_step": fpt * n_tokens / max(steps, 1),
+            "final_val_loss": float(curve[-1]["val_loss"]), "steps": steps, "n_tokens": n_tokens,
+            "tokens_per_s": n_tokens / max(seconds, 1e-9), "seconds": seconds, "n_params": None,
+            "stopped_at_target": curve[-1]["val_loss"] <= target_loss}
 
-    inits = grow_initializations(small, tuple(args.arms), seed=seed, noise_std=args.noise_std,
-                                 stack_mode=args.stack_mode)
-    growth = {arm: _preservation(model, refs, data) for arm, (model, refs) in inits.items() if refs}
-    runs = {}
-    for arm, (model, _) in inits.items():
-        shape = _shape(model)
-        _log(f"seed {seed}: arm {arm} ({shape['n_layer']} x {shape['n_embd']}) for {large_cfg.steps} steps")
-        runs[arm] = _train(model, data, large_cfg, seed=seed, label=f"seed{seed}:{arm}")
-        if arm.startswith("self_fuse"):
-            growth[arm]["copy_asymmetry_after_training"] = copy_asymmetry(
-                model, data.val_tokens[:ASYMMETRY_ROWS], lengths=data.val_lengths[:ASYMMETRY_ROWS])
 
-    control_steps = None
+# ----------------------------------------------------------------------------------------------
+# one seed
+
+
+def grown_train_config(cfg, args):
+    """The large arms' TrainConfig for a grown arm under ``--grown-schedule``."""
+    from libs.training import final_lr, post_growth_config
+
+    large = cfg.train_large.train
+    if args.grown_schedule == "restart":
+        return large
+    decay = max(1, int(round(args.grown_decay * (large.steps - min(args.grown_warmup, large.steps)))))
+    return post_growth_config(large, components_final_lr=final_lr(cfg.pretrain_small.train),
+                              warmup_steps=args.grown_warmup, decay_steps=decay)
+
+
+def run_seed(seed: int, cfg, data, indices, weights, assignment, args, pool) -> dict:
+    from libs.growth_saving import assess_growth
+    from steps import grow, train_large
+
+    t0 = time.perf_counter()
+    pcfg = cfg.pretrain_small
+    _log(f"seed {seed}: pretraining {len(pcfg.models)} small models in parallel")
+    futures = [pool.submit(_small_job, pcfg, i, data, indices, weights, assignment, seed)
+               for i in range(len(pcfg.models))]
+    small = [f.result() for f in futures]
+    small_files = {r.name: r.model_files for r in small}
+    small_flops = {r.name: float(r.flops) for r in small}
+    names = list(small_files)
+
+    check = data.val_tokens[:cfg.grow.check_rows]
+    inits, growth = {}, {}
+    for arm in args.arms:
+        if arm not in GROWN_ARMS:
+            continue
+        gcfg = dataclasses.replace(cfg.grow, method=arm)
+        g = grow.run(gcfg, small_models=small_files, check_tokens=check, seed=seed)
+        inits[arm] = g.model_files
+        growth[arm] = {"components": g.components, "max_abs_dlogit": g.preservation["max_abs_dlogit"],
+                       "relative_deviation": g.preservation["relative_deviation"], "shape": g.shape_after,
+                       "options": dataclasses.asdict(gcfg)}
+    shape_files = next(iter(inits.values())) if inits else grow.run(
+        dataclasses.replace(cfg.grow, method="fuse"), small_models=small_files, check_tokens=check,
+        seed=seed).model_files
+
+    large_cfg = cfg.train_large
+    grown_cfg = dataclasses.replace(large_cfg, train=grown_train_config(cfg, args))
+    plan = train_large.control_plan(large_cfg, grown_files=shape_files, control_files=small_files[names[0]],
+                                    control_spent_flops=small_flops[names[0]], data=data, indices=indices)
+    control_cfg = train_large.arm_config(large_cfg, "control", control_steps=plan["steps"],
+                                         control_lr=pcfg.train.lr)
+    jobs = {"scratch": (large_cfg, "scratch", shape_files, 0.0)}
+    jobs |= {arm: (grown_cfg, "grown", files, 0.0) for arm, files in inits.items()}
     if "control" in args.arms:
-        base = small[names[0]]
-        large_fpt = flops_per_token(inits["scratch"][0], data.seq_len)
-        control_steps = max(1, int(round(large_cfg.steps * large_fpt / flops_per_token(base, data.seq_len))))
-        _log(f"seed {seed}: arm control ({names[0]} trained on) for {control_steps} steps")
-        runs["control"] = _train(copy.deepcopy(base), data, _with_steps(large_cfg, control_steps),
-                                 seed=seed, label=f"seed{seed}:control")
+        jobs["control"] = (control_cfg, "control", small_files[names[0]], small_flops[names[0]])
+    _log(f"seed {seed}: arms {', '.join(jobs)} in parallel (control: {plan['steps']} small-model steps)")
+    runs = {}
+    if args.stop_at_target:
+        c, a, f, fl = jobs["scratch"]
+        runs["scratch"] = pool.submit(_arm_job, c, a, "scratch", f, data, indices, weights, seed, fl, None).result()
+        target = runs["scratch"]["final_val_loss"]
+        rest = {arm: pool.submit(_arm_job, c, a, arm, f, data, indices, weights, seed, fl,
+                                 target if arm in GROWN_ARMS else None)
+                for arm, (c, a, f, fl) in jobs.items() if arm != "scratch"}
+    else:
+        rest = {arm: pool.submit(_arm_job, c, a, arm, f, data, indices, weights, seed, fl, None)
+                for arm, (c, a, f, fl) in jobs.items()}
+    for arm, future in rest.items():
+        runs[arm] = future.result()
 
     curves = {arm: r["curve"] for arm, r in runs.items()}
-    pre = {arm: sum(pre_flops_of[n] for n in _components(arm, names)) for arm in runs}
-    saving = saving_table(curves, {arm: r["flops_per_step"] for arm, r in runs.items()}, pre, target_arm="scratch")
-    every_small = sum(pre_flops_of.values())
-    scratch_total = next(row for row in saving if row["arm"] == "scratch")["flops_total"]
-    for row in saving:
-        row["pretraining_flops"] = pre[row["arm"]]
-        if row["flops_total"] is not None and not row["arm"].startswith("scratch"):
-            # the flow's accounting (join_large): every small model trained, used by the arm or not
-            total = row["flops_after_growth"] + every_small
-            row["flops_total_every_small_model"] = total
-            row["flops_ratio_total_every_small_model"] = total / scratch_total
-        row["step_speedup"] = (None if row["step_ratio"] in (None, 0) else 1.0 / row["step_ratio"])
-        if row["arm"] == "control":        # its steps are small-model steps: only FLOPs compare
-            row.update(step_ratio=None, step_speedup=None, steps_unit="small-model steps")
-    capacity = {"scratch_final_val_loss": runs["scratch"]["final_val_loss"]}
-    if "control" in runs:
-        capacity["control_final_val_loss"] = runs["control"]["final_val_loss"]
-        capacity["passed"] = bool(capacity["scratch_final_val_loss"] < capacity["control_final_val_loss"])
-        if not capacity["passed"]:
-            capacity["message"] = CAPACITY_FAILED
-            keep = ("arm", "final_val_loss", "target_loss")
-            saving = [{k: row[k] for k in keep} | {"speedup": "not reported: " + CAPACITY_FAILED}
-                      for row in saving]
-    else:
-        capacity["passed"] = None
-        capacity["message"] = "no control arm: capacity not checked"
-
-    report = {"seed": seed, "small_models": {n: _public(r) for n, r in small_report.items()},
-              "growth_at_init": growth, "arms": {arm: _public(r) for arm, r in runs.items()},
-              "control_steps": control_steps, "capacity_check": capacity, "saving": saving}
-    if "scratch_stack" in runs and "stack" in runs:
-        target = runs["scratch_stack"]["final_val_loss"]
-        steps = steps_to_reach(runs["stack"]["curve"], target)
-        report["stack_vs_own_shape"] = {"scratch_stack_final_val_loss": target,
-                                        "stack_steps_to_reach_it": steps,
-                                        "step_ratio": None if steps is None else steps / large_cfg.steps}
-    report["seconds"] = round(time.perf_counter() - t0, 1)
-    return report
-
-
-def _public(run: dict) -> dict:
-    """An arm's figures for the JSON, its curve cut to (step, validation loss) pairs."""
-    out = {k: v for k, v in run.items() if k != "curve"}
-    out["curve"] = [[r["step"], round(r["val_loss"], 5)] for r in run["curve"]]
-    return out
+    fps = {arm: r["flops_per_step"] for arm, r in runs.items()}
+    components = {arm: growth[arm]["components"] for arm in inits}
+    verdict = assess_growth(curves, fps, small_flops, components=components, control_small_model=names[0])
+    for arm in inits:                        # the flow's accounting too: every small model charged
+        row = verdict["arms"][arm]
+        figures = row if row["step_ratio"] is not None else row.get("measured_not_claimed", {})
+        if figures.get("flops_after_growth") is not None:
+            row["flops_ratio_total_every_small_model"] = (
+                (figures["flops_after_growth"] + sum(small_flops.values())) / verdict["scratch_flops"])
+    _log(f"seed {seed}: " + verdict["summary"].replace("\n", " | "))
+    return {"seed": seed,
+            "small_models": {r.name: {"final_val_loss": r.final_val_loss, "flops": r.flops, "n_params": r.n_params,
+                                      "steps": cfg.pretrain_small.train.steps, "tokens_per_s": round(r.tokens_per_s),
+                                      "seconds": round(r.seconds, 1),
+                                      "curve": [[c["step"], round(c["val_loss"], 5)] for c in r.curve]}
+                             for r in small},
+            "growth_at_init": growth, "control_plan": plan,
+            "arms": {arm: {k: v for k, v in r.items() if k not in ("curve", "name")}
+                     | {"curve": [[c["step"], round(c["val_loss"], 5)] for c in r["curve"]]}
+                     for arm, r in runs.items()},
+            "verdict": verdict, "seconds": round(time.perf_counter() - t0, 1)}
 
 
 # ----------------------------------------------------------------------------------------------
 # summary over seeds
 
 
-def summarize(seeds: list[dict], arms: list[str]) -> dict:
-    """Per arm statistics over seeds, the capacity verdict, and whether the goal was met."""
-    passed = [s for s in seeds if s["capacity_check"]["passed"] is not False]      # None: not checked
-    checked = [s for s in seeds if s["capacity_check"]["passed"] is not None]
-    out = {"capacity_check": {"passed_in": f"{sum(s['capacity_check']['passed'] for s in checked)}/{len(checked)} "
-                                           "seeds"}, "arms": {}}
-    if not checked:
-        out["capacity_check"]["message"] = "not checked: no control arm was trained (add it to --arms)"
-    elif len(passed) < len(seeds):
-        out["capacity_check"]["message"] = CAPACITY_FAILED + (" (in every seed)" if not passed else
-                                                              " (in some seeds; speedups below use the others)")
+def summarize(seeds: list[dict]) -> dict:
+    passed = [s for s in seeds if s["verdict"]["capacity_check"]["passed"] is True]
+    out = {"capacity_check": {"passed_in": f"{len(passed)}/{len(seeds)} seeds",
+                              "margin_nats": _stats([s["verdict"]["capacity_check"]["margin"] for s in seeds])},
+           "final_val_loss": {}, "grown_arms": {}}
+    arms = sorted({a for s in seeds for a in s["arms"]})
     for arm in arms:
-        entry = {"final_val_loss": _stats([s["arms"][arm]["final_val_loss"] for s in seeds if arm in s["arms"]])}
-        rows = [r for s in passed for r in s["saving"] if r["arm"] == arm]
-        if rows:
-            reached = [r for r in rows if r.get("steps_to_target") is not None]
-            entry["reached_scratch_final_loss_in"] = f"{len(reached)}/{len(rows)} seeds"
-            for key in ("step_speedup", "step_ratio", "flops_ratio_after_growth", "flops_ratio_total",
-                        "flops_ratio_total_every_small_model"):
-                values = [r[key] for r in reached if r.get(key) is not None]
-                if values:
-                    entry[key] = _stats(values)
-        out["arms"][arm] = entry
-    out["goal"] = _goal(seeds, passed, arms)
+        out["final_val_loss"][arm] = _stats([s["arms"][arm]["final_val_loss"] for s in seeds if arm in s["arms"]])
+    keys = ("step_ratio", "flops_ratio_after_growth", "flops_ratio_total", "flops_ratio_critical_path",
+            "flops_ratio_total_every_small_model", "null_gain_steps", "null_gain_fraction")
+    for arm in sorted({a for s in seeds for a in s["verdict"]["arms"]}):
+        rows = [s["verdict"]["arms"][arm] for s in seeds if arm in s["verdict"]["arms"]]
+        entry = {"verdicts": [r["verdict"] for r in rows]}
+        assessed = [r for r in rows if r["step_ratio"] is not None]
+        entry["over_seeds_that_passed_the_capacity_check"] = {k: _stats([r.get(k) for r in assessed]) for k in keys}
+        measured = [r if r["step_ratio"] is not None else {**r, **r.get("measured_not_claimed", {})} for r in rows]
+        entry["measured_in_every_seed_not_a_claim"] = {k: _stats([r.get(k) for r in measured]) for k in keys}
+        out["grown_arms"][arm] = entry
+    out["goal"] = goal(seeds)
     return out
 
 
-def _goal(seeds: list[dict], passed: list[dict], arms: list[str]) -> dict:
-    goal = {"test": f"the best grown arm reaches scratch's final validation loss in <= {GOAL_STEP_RATIO}x the "
-                    "scratch steps and in fewer total FLOPs (small models' pretraining included) than scratch",
-            "met": False, "met_on_mean": False, "best_grown_arm": None}
-    if len(passed) < len(seeds) or not passed:
-        goal["verdict"] = "not assessed: " + CAPACITY_FAILED
-        return goal
-    candidates = {}
-    for arm in (a for a in arms if a in GROWN_ARMS):
-        rows = [r for s in passed for r in s["saving"] if r["arm"] == arm]
-        if rows and all(r.get("step_ratio") is not None for r in rows):
-            candidates[arm] = rows
-    if not candidates:
-        goal["verdict"] = "no grown arm reached scratch's final validation loss in every seed"
-        return goal
-    best = min(candidates, key=lambda a: np.mean([r["step_ratio"] for r in candidates[a]]))
-    rows = candidates[best]
-    step_ratios = [r["step_ratio"] for r in rows]
-    flops_ratios = [r["flops_ratio_total"] for r in rows]
-    goal.update(best_grown_arm=best, step_ratio_max=max(step_ratios), flops_ratio_total_max=max(flops_ratios),
-                met=max(step_ratios) <= GOAL_STEP_RATIO and max(flops_ratios) < 1.0,
-                met_on_mean=bool(np.mean(step_ratios) <= GOAL_STEP_RATIO and np.mean(flops_ratios) < 1.0))
-    mean_step, mean_flops = float(np.mean(step_ratios)), float(np.mean(flops_ratios))
-    goal["verdict"] = (f"{best}: {mean_step:.2f}x the scratch steps ({1 / max(mean_step, 1e-9):.2f}x fewer), "
-                       f"{mean_flops:.2f}x the total FLOPs (mean over {len(rows)} seeds): "
-                       f"goal {'met' if goal['met'] else 'not met'}")
-    return goal
+def goal(seeds: list[dict]) -> dict:
+    """Best grown arm: <= 0.5x scratch's steps, <= 0.85x total FLOPs, null gain > 0, in every passing seed."""
+    test = (f"the best grown arm reaches scratch's final validation loss in <= {GOAL['step_ratio']}x scratch's "
+            f"steps and <= {GOAL['flops_ratio_total']}x its total FLOPs (small models' pretraining charged), with "
+            "a positive gain over the loss-matching null, in every seed where the capacity check passed; and the "
+            "capacity check passes in at least 2 of 3 seeds")
+    passed = [s for s in seeds if s["verdict"]["capacity_check"]["passed"] is True]
+    out = {"test": test, "capacity_passes": len(passed), "of_seeds": len(seeds), "met": False, "best_grown_arm": None}
+    if len(passed) * 3 < 2 * len(seeds):
+        out["verdict"] = (f"capacity check passed in {len(passed)}/{len(seeds)} seeds (needs 2 of 3): the goal is "
+                          "not assessed")
+        return out
+    per_arm = {}
+    for arm in {a for s in passed for a in s["verdict"]["arms"]}:
+        rows = [s["verdict"]["arms"][arm] for s in passed]
+        ok = [r["step_ratio"] is not None and r["step_ratio"] <= GOAL["step_ratio"]
+              and r["flops_ratio_total"] <= GOAL["flops_ratio_total"] and r["null_gain_steps"] > 0 for r in rows]
+        mean_ratio = np.mean([r["step_ratio"] if r["step_ratio"] is not None else np.inf for r in rows])
+        per_arm[arm] = {"met_in": f"{sum(ok)}/{len(rows)} passing seeds", "met": all(ok), "mean_step_ratio": mean_ratio}
+    best = min(per_arm, key=lambda a: (not per_arm[a]["met"], per_arm[a]["mean_step_ratio"]))
+    out.update(best_grown_arm=best, per_arm={a: {k: v for k, v in e.items() if k != "mean_step_ratio"}
+                                                | {"mean_step_ratio": float(e["mean_step_ratio"])}
+                                                for a, e in per_arm.items()},
+               met=per_arm[best]["met"])
+    out["verdict"] = f"{best}: goal {'met' if out['met'] else 'not met'} ({per_arm[best]['met_in']})"
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -403,146 +337,167 @@ def _display_path(path: str) -> str:
     return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(resolved)
 
 
+def apply_overrides(cfg, args):
+    """The config after the command line's step and evaluation overrides (and --quick)."""
+    def train(t, steps):
+        changes = {"checkpoint_every": 0}
+        if steps:
+            changes.update(steps=steps, warmup_steps=min(t.warmup_steps, steps))
+        if args.quick:
+            changes.update(warmup_steps=min(t.warmup_steps, QUICK["warmup_steps"], changes.get("steps", t.steps)),
+                           eval_batches=QUICK["eval_batches"])
+        if args.eval_every:
+            changes["eval_every"] = args.eval_every
+        return dataclasses.replace(t, **changes)
+
+    pcfg = dataclasses.replace(cfg.pretrain_small, train=train(cfg.pretrain_small.train, args.small_steps))
+    lcfg = dataclasses.replace(cfg.train_large, train=train(cfg.train_large.train, args.large_steps), nproc_per_node=1)
+    return dataclasses.replace(cfg, pretrain_small=pcfg, train_large=lcfg)
+
+
 def main() -> None:
     from steps.config import load_config_file
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(ROOT / "config" / "default.toml"), help="the TOML config to use")
     parser.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default 3; 1 with --quick)")
-    parser.add_argument("--small-steps", type=int, default=None,
-                        help="small-model steps (default: the config's pretrain_small.train.steps)")
-    parser.add_argument("--large-steps", type=int, default=None,
-                        help="steps of every large arm (default: the config's train_large.train.steps)")
-    parser.add_argument("--eval-every", type=int, default=0,
-                        help="evaluate every this many steps (0: the config's eval_every)")
-    parser.add_argument("--noise-std", type=float, default=None,
-                        help="symmetry-breaking noise of self_fuse_noise, relative to each weight's std "
-                             "(default: the config's grow.noise_std, or 0.01 if that is 0)")
-    parser.add_argument("--stack-mode", choices=("copy", "zero"), default="copy",
-                        help="stack_layers mode: copy (G_stack) or zero (exact, zero-output new layers)")
-    parser.add_argument("--selection", choices=("uniform", "config"), default="uniform",
-                        help="uniform slice at the config's budget, or the config's own embed + select")
-    parser.add_argument("--arms", nargs="+", choices=ALL_ARMS, default=list(DEFAULT_ARMS),
-                        help="large arms to train (scratch is always trained)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (per process with --jobs)")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="seeds trained in parallel processes (each with --threads threads); 1: one after another")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"smoke test: {QUICK['small_steps']} small and {QUICK['large_steps']} large steps, "
-                             "1 seed, small evaluations")
-    parser.add_argument("--out", default=None, help="also write the JSON to this path")
+    parser.add_argument("--arms", nargs="+", choices=ALL_ARMS, default=["scratch", "fuse", "control"],
+                        help="arms to train (scratch is always trained)")
+    parser.add_argument("--selection", choices=("config", "uniform"), default="config",
+                        help="the config's embed + select (default), or a uniform slice of as many documents")
+    parser.add_argument("--small-steps", type=int, default=0, help="small-model steps (0: the config's)")
+    parser.add_argument("--large-steps", type=int, default=0, help="large-arm steps (0: the config's)")
+    parser.add_argument("--eval-every", type=int, default=0, help="evaluate every this many steps (0: the config's)")
+    parser.add_argument("--grown-schedule", choices=("restart", "continue"), default="continue",
+                        help="grown arms: the large arms' schedule (restart), or post_growth_config (continue: "
+                             "peak at most the components' final lr, short warmup, faster decay)")
+    parser.add_argument("--grown-warmup", type=int, default=10, help="continue: warmup steps after growth")
+    parser.add_argument("--grown-decay", type=float, default=1.0,
+                        help="continue: the cosine decay spans this fraction of the steps after the warmup")
+    parser.add_argument("--stop-at-target", action="store_true",
+                        help="train scratch first, stop grown arms at its final validation loss")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
+    parser.add_argument("--jobs", type=int, default=0, help="parallel processes (0: one per arm)")
+    parser.add_argument("--quick", action="store_true", help="smoke test: tiny steps, 1 seed")
+    parser.add_argument("--out", default=None, help="also write the JSON to this path (after every seed)")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed + seeds - 1")
+    parser.add_argument("--parallel-seeds", action="store_true",
+                        help="train the seeds at the same time (one process per arm and seed)")
+    parser.add_argument("--combine", nargs="+", default=None, metavar="JSON",
+                        help="no training: merge the seeds of these reports (same config and arms) into one, "
+                             "with the summary recomputed")
     args = parser.parse_args()
+    if args.combine:
+        text = json.dumps(combine_reports(args.combine), indent=1, default=float)
+        if args.out:
+            Path(args.out).write_text(text + "\n")
+        print(text)
+        return
 
-    import torch
-    from transformers.utils import logging as hf_logging
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
-    torch.set_num_threads(args.threads)
-    hf_logging.disable_progress_bar()        # the scratch arms' save/load round trip would draw bars on stderr
-    torch.manual_seed(0)
     cfg = load_config_file(args.config)
     if args.seeds is None:
         args.seeds = 1 if args.quick else 3
-    if args.small_steps is None:
-        args.small_steps = QUICK["small_steps"] if args.quick else cfg.pretrain_small.train.steps
-    if args.large_steps is None:
-        args.large_steps = QUICK["large_steps"] if args.quick else cfg.train_large.train.steps
-    if args.quick and not args.eval_every:
-        args.eval_every = QUICK["eval_every"]
-    if args.noise_std is None:
-        args.noise_std = cfg.grow.noise_std or 0.01
+    if args.quick:
+        args.small_steps = args.small_steps or QUICK["small_steps"]
+        args.large_steps = args.large_steps or QUICK["large_steps"]
+        args.eval_every = args.eval_every or QUICK["eval_every"]
     if "scratch" not in args.arms:
         args.arms = ["scratch"] + args.arms
-    args.arms = [a for a in ALL_ARMS if a in args.arms]               # fixed order, no repeats
-    for name in ("seeds", "small_steps", "large_steps", "threads", "jobs"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.eval_every < 0:
-        parser.error("--eval-every must be 0 (the config's) or positive")
-    if args.noise_std <= 0:
-        parser.error("--noise-std must be positive (the self_fuse arm is the noise-free one)")
-    if len(cfg.pretrain_small.models) < 2:
+    args.arms = [a for a in ALL_ARMS if a in args.arms]
+    if args.seeds < 1 or args.threads < 1:
+        parser.error("--seeds and --threads must be at least 1")
+    if "fuse" in args.arms and len(cfg.pretrain_small.models) < 2:
         parser.error(f"{args.config} lists {len(cfg.pretrain_small.models)} small model(s); Deep Fusion needs two")
-    if cfg.pretrain_small.data == "by_cluster" and args.selection == "uniform":
-        parser.error("pretrain_small.data = 'by_cluster' needs clusters: use --selection config")
-
+    cfg = apply_overrides(cfg, args)
+    _worker_init(args.threads)
+    start_machine = machine()
     t0 = time.perf_counter()
-    data = load_data(cfg, args.selection)
-    small_cfg, large_cfg = training_configs(cfg, args)
-    _log(f"{data.summary['n_selected_rows']} selected rows; {args.seeds} seed(s), small {small_cfg.steps} steps, "
-         f"large {large_cfg.steps} steps, arms {', '.join(args.arms)}")
-    seeds = []
+    data, indices, weights, assignment, data_summary = load_data(cfg, args.selection)
+    _log(f"{data_summary['n_selected_documents']} selected documents ({data_summary['n_selected_tokens']:,} "
+         f"tokens); {args.seeds} seed(s); arms {', '.join(args.arms)}")
+    jobs = args.jobs or max(len(args.arms), len(cfg.pretrain_small.models))
+    seed_list = list(range(args.first_seed, args.first_seed + args.seeds))
+    if args.parallel_seeds:
+        jobs *= len(seed_list)
+    seeds: list[dict] = []
 
-    def finished(result: dict) -> None:
+    def finished(result: dict) -> str:
         seeds.append(result)
         seeds.sort(key=lambda r: r["seed"])
-        if args.out and len(seeds) < args.seeds:    # a long run killed midway still leaves its finished seeds
-            _write(args.out, _report(seeds, args, data, small_cfg, large_cfg, t0, complete=False))
-            _log(f"seed {result['seed']} done; partial report ({len(seeds)}/{args.seeds} seeds) in {args.out}")
+        text = json.dumps(_report(seeds, args, cfg, data_summary, start_machine, t0), indent=1, default=float)
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(text + "\n")
+        return text
 
-    if args.jobs == 1:
-        for seed in range(args.seeds):
-            finished(run_seed(seed, cfg, data, small_cfg, large_cfg, args))
-    else:                                            # fresh interpreters: no OpenMP state forked from this one
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_worker_init, initargs=(args.threads,)) as pool:
+        if args.parallel_seeds:
+            from concurrent.futures import ThreadPoolExecutor, as_completed
 
-        with ProcessPoolExecutor(max_workers=min(args.jobs, args.seeds),
-                                 mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_worker_init, initargs=(args.threads,)) as pool:
-            futures = [pool.submit(run_seed, seed, cfg, data, small_cfg, large_cfg, args)
-                       for seed in range(args.seeds)]
-            for future in as_completed(futures):
-                finished(future.result())
-    text = _write(args.out, _report(seeds, args, data, small_cfg, large_cfg, t0, complete=True))
+            with ThreadPoolExecutor(max_workers=len(seed_list)) as threads:
+                futures = [threads.submit(run_seed, seed, cfg, data, indices, weights, assignment, args, pool)
+                           for seed in seed_list]
+                for future in as_completed(futures):
+                    text = finished(future.result())
+        else:
+            for seed in seed_list:
+                text = finished(run_seed(seed, cfg, data, indices, weights, assignment, args, pool))
     print(text)
 
 
-def _worker_init(threads: int) -> None:
-    import torch
-    from transformers.utils import logging as hf_logging
+def combine_reports(paths: list[str]) -> dict:
+    """One report from several runs of the same config and arms (e.g. seeds run as separate jobs)."""
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    first = reports[0]
+    for path, r in zip(paths[1:], reports[1:]):
+        for key in ("config", "arms", "train", "data"):
+            a, b = dict(first[key]) if isinstance(first[key], dict) else first[key], r[key]
+            if key == "data":
+                a, b = {k: v for k, v in a.items() if k != "seconds"}, {k: v for k, v in b.items() if k != "seconds"}
+            if a != b:
+                raise SystemExit(f"cannot combine {paths[0]} and {path}: they differ in {key!r}")
+    seeds = sorted((s for r in reports for s in r["seeds"]), key=lambda s: s["seed"])
+    if len({s["seed"] for s in seeds}) != len(seeds):
+        raise SystemExit(f"the reports {paths} share a seed: combine runs of different seeds only")
+    out = dict(first)
+    out.update(seeds=seeds, summary=summarize(seeds), complete=[s["seed"] for s in seeds] == list(range(len(seeds))),
+               seeds_done=f"{len(seeds)} seeds: {[s['seed'] for s in seeds]}",
+               combined_from=[{"path": p, "machine_at_start": r["machine_at_start"], "machine_now": r["machine_now"],
+                               "processes": r["processes"], "seconds": r["seconds"]} for p, r in zip(paths, reports)],
+               seconds=sum(r["seconds"] for r in reports))
+    return out
 
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)                     # as main() does for the one-process path
-    hf_logging.disable_progress_bar()
 
+def _report(seeds, args, cfg, data_summary, start_machine, t0) -> dict:
+    from libs.training import lr_at_step
 
-def _write(out: str | None, report: dict) -> str:
-    text = json.dumps(report, indent=2, default=float)
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text + "\n")
-    return text
-
-
-def _report(seeds: list[dict], args: argparse.Namespace, data, small_cfg, large_cfg, t0: float,
-            complete: bool) -> dict:
-    first = seeds[0]
+    grown_train = grown_train_config(cfg, args)
     return {
-        "complete": complete, "seeds_done": f"{len(seeds)}/{args.seeds}",
-        "benchmark": "growth_saving", "config": _display_path(args.config), "quick": args.quick,
-        "threads": args.threads, "jobs": args.jobs, "cpu_count": os.cpu_count(), "data": data.summary,
-        "train": {"small": dataclasses.asdict(small_cfg), "large": dataclasses.asdict(large_cfg),
-                  "control_steps": first["control_steps"], "noise_std": args.noise_std,
-                  "stack_mode": args.stack_mode,
-                  "warmup": "restarted for every arm (a fresh optimizer per train_model call)"},
-        "shapes": {**{name: r["shape"] for name, r in first["small_models"].items()},
-                   **{arm: r["shape"] for arm, r in first["arms"].items()}},
-        "flops_per_token": {**{name: r["flops_per_token"] for name, r in first["small_models"].items()},
-                            **{arm: r["flops_per_token"] for arm, r in first["arms"].items()}},
-        "shapes_note": ("scratch, fuse and self_fuse arms share the fused shape (width = sum of the small "
-                        "widths, same depth); stack has the small width and twice the depth, yet its target is "
-                        "the fused-shape scratch arm's final loss; control is small_a itself"),
-        "flops_counting": "flops_after_growth = steps to target x the arm's FLOPs per step (6N + attention, "
-                          "libs.models.flops_per_token, times the tokens per step); flops_total adds the "
-                          "pretraining FLOPs of the small models the arm was grown from (fuse: both; self_fuse, "
-                          "stack, control: small_a; scratch: none); flops_total_every_small_model charges every "
-                          "small model trained, as join_large does",
-        "ratios": "step_ratio = arm steps / scratch steps to scratch's final validation loss (<= 0.5 is the goal; "
-                  "null: never reached); step_speedup = its inverse (null also when reached at step 0, i.e. at "
-                  "init); flops ratios are arm / scratch (< 1 is a saving); summaries of ratios are over the "
-                  "seeds that passed the capacity check and reached the target",
+        "benchmark": "growth_saving", "complete": len(seeds) == args.seeds, "seeds_done": f"{len(seeds)}/{args.seeds}",
+        "command": " ".join(sys.argv),
+        "config": _display_path(args.config), "quick": args.quick, "arms": args.arms,
+        "machine_at_start": start_machine, "machine_now": machine(), "threads_per_process": args.threads,
+        "processes": (args.jobs or max(len(args.arms), len(cfg.pretrain_small.models)))
+                     * (args.seeds if args.parallel_seeds else 1),
+        "data": data_summary,
+        "train": {"small": dataclasses.asdict(cfg.pretrain_small.train),
+                  "large": dataclasses.asdict(cfg.train_large.train),
+                  "grown": dataclasses.asdict(grown_train) | {"schedule": args.grown_schedule,
+                                                              "peak_lr_used": max(lr_at_step(grown_train, s)
+                                                                                  for s in range(grown_train.steps))},
+                  "grow": dataclasses.asdict(cfg.grow), "stop_at_target": args.stop_at_target,
+                  "small_models": [dataclasses.asdict(m) for m in cfg.pretrain_small.models]},
+        "accounting": "flops per step = libs.models.flops_per_token (6N + attention) x the tokens of a step; "
+                      "flops_ratio_total charges the pretraining of the small models an arm was grown from (fuse: "
+                      "all, self_fuse: the first); flops_ratio_critical_path the largest of them; "
+                      "flops_ratio_total_every_small_model every small model trained; the control continues the "
+                      "first small model for scratch's FLOPs minus that model's pretraining",
         "seeds": seeds,
-        "summary": summarize(seeds, args.arms),
+        "summary": summarize(seeds),
         "seconds": round(time.perf_counter() - t0, 1),
     }
 
