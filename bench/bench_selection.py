@@ -82,7 +82,8 @@ def machine() -> dict:
 # ----------------------------------------------------------------------------------------------
 # the default corpus, the reference model's true losses and the embeddings
 
-def load_default(cache_dir: str | None, seed: int, max_docs: int, embedders: list[str]) -> dict:
+def load_default(cache_dir: str | None, seed: int, max_docs: int, embedders: list[str],
+                 minilm_max_seq_length: int = 64) -> dict:
     from libs.token_data import TokenData
     from steps import embed, prepare, select_data
     from steps.config import load_config_file
@@ -124,6 +125,8 @@ def load_default(cache_dir: str | None, seed: int, max_docs: int, embedders: lis
         if name == "reference":
             continue
         ecfg = dataclasses.replace(cfg.embed, method=name)
+        if name == "minilm":
+            ecfg = dataclasses.replace(ecfg, max_seq_length=minilm_max_seq_length)
         key = hashlib.sha256(("\n".join(texts) + repr(ecfg)).encode()).hexdigest()[:16]
         cache = Path(cache_dir) / f"embeddings-{name}-{key}.npy" if cache_dir else None
         if cache is not None and cache.exists():
@@ -142,6 +145,7 @@ def load_default(cache_dir: str | None, seed: int, max_docs: int, embedders: lis
                                  "(MiniLM over the whole corpus does not fit the benchmark's time on 2 cores)"
                                  if len(rows) < n_corpus else "every training document"),
               "n_validation": data.n_val, "embed_seconds": seconds,
+              "minilm_max_seq_length": minilm_max_seq_length if "minilm" in embedders else None,
               "reference_model": selection.diagnostics["reference"]}
     return {"cfg": cfg, "data": data, "embeddings": embeddings, "selection": selection, "losses": selection.losses,
             "corpus": corpus, "setup_seconds": time.perf_counter() - t0}
@@ -402,30 +406,37 @@ def _paired(a: list[float], b: list[float]) -> dict:
 
 
 def downstream(ctx: dict, n_seeds: int, steps: int, budgets: list[float], batch_size: int,
-               partial_path: str | None = None) -> dict:
+               partial_path: str | None = None, val_rows: int = 0) -> dict:
     import tempfile
 
     from libs.models import build_model, model_from_files
-    from libs.training import train_model
+    from libs.training import per_example_loss, train_model
     from steps import select_data
 
     cfg, data = ctx["cfg"], ctx["data"]
     x = ctx["embeddings"][ctx["downstream_embedder"]]
     spec = cfg.pretrain_small.models[0]
-    train_cfg = dataclasses.replace(cfg.pretrain_small.train, steps=steps, batch_size=batch_size, eval_batches=0,
+    # training's own evaluations are one batch (cheap); the verdict is one pass over the validation rows
+    train_cfg = dataclasses.replace(cfg.pretrain_small.train, steps=steps, batch_size=batch_size, eval_batches=1,
                                     eval_every=steps, warmup_steps=min(cfg.pretrain_small.train.warmup_steps, steps),
                                     checkpoint_every=0)
+    evaluated = np.arange(data.n_val)
+    if val_rows and val_rows < data.n_val:
+        evaluated = np.sort(np.random.default_rng(17).choice(data.n_val, val_rows, replace=False))
+    val_tokens, val_lengths = data.val_tokens[evaluated], data.val_lengths[evaluated]
     val_loss: dict[str, list[float]] = {}
     t0 = time.perf_counter()
 
     def train(rows, weights, seed, label):
         model = build_model(spec, vocab_size=data.vocab_size, n_positions=data.seq_len + 1, seed=seed,
                             bos_token_id=data.bos_id, eos_token_id=data.eos_id)
-        trained = train_model(model, data.train_tokens[rows], data.train_lengths[rows], data.val_tokens,
-                              data.val_lengths, train_cfg, seed=seed, weights=weights, label=label, progress=False)
-        val_loss.setdefault(label, []).append(float(trained.final_val_loss))
-        _log(f"(d) {label} seed {seed}: validation loss {trained.final_val_loss:.4f} "
-             f"({time.perf_counter() - t0:.0f} s so far)")
+        train_model(model, data.train_tokens[rows], data.train_lengths[rows], val_tokens[:batch_size],
+                    val_lengths[:batch_size], train_cfg, seed=seed, weights=weights, label=label, progress=False)
+        per_row = per_example_loss(model, val_tokens, val_lengths, batch_size=64)
+        counted = val_lengths - 1                                   # token-weighted, as training reports it
+        loss = float((per_row * counted).sum() / counted.sum())
+        val_loss.setdefault(label, []).append(loss)
+        _log(f"(d) {label} seed {seed}: validation loss {loss:.4f} ({time.perf_counter() - t0:.0f} s so far)")
 
     with tempfile.TemporaryDirectory() as folder:
         model_from_files(ctx["selection"].reference_model_files).save_pretrained(folder)
@@ -446,7 +457,13 @@ def downstream(ctx: dict, n_seeds: int, steps: int, budgets: list[float], batch_
     out = {"model": dataclasses.asdict(spec), "steps": steps, "batch_size": batch_size,
            "documents_seen_per_run": steps * batch_size, "budgets": budgets,
            "budget_docs": {f"{b:g}": int(round(b * data.n_train)) for b in budgets},
-           "training_documents": data.n_train, "validation_rows": data.n_val, "seeds": n_seeds,
+           "training_documents": data.n_train, "validation_rows": int(len(evaluated)),
+           "validation_rows_in_corpus": data.n_val,
+           "validation_note": ("every validation row" if len(evaluated) == data.n_val else
+                               f"a fixed seeded subset of {len(evaluated)} of the {data.n_val} validation rows, the "
+                               "same rows for every arm and seed (paired); all rows did not fit the time on the "
+                               "shared 2 cores"),
+           "torch_threads": int(__import__("torch").get_num_threads()), "seeds": n_seeds,
            "embedder": ctx["downstream_embedder"], "selection_config": {
                "proxy_level": cfg.select.proxy_level, "mixture": cfg.select.mixture,
                "center_fraction": cfg.select.center_fraction},
@@ -480,6 +497,8 @@ def main() -> None:
     parser.add_argument("--max-docs", type=int, default=12000,
                         help="subsample the training documents to this many when the corpus is larger (0 = all)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the corpus, embeddings and reference model")
+    parser.add_argument("--minilm-max-seq-length", type=int, default=64,
+                        help="MiniLM truncates documents to this many tokens (64: about half the CPU time of 128)")
     parser.add_argument("--cache-dir", default=None, help="cache the embeddings here")
     parser.add_argument("--out", default=None, help="also write the JSON here")
     parser.add_argument("--skip-estimate", action="store_true", help="skip (a) and (b)")
@@ -497,19 +516,27 @@ def main() -> None:
     parser.add_argument("--downstream-steps", type=int, default=150)
     parser.add_argument("--downstream-batch-size", type=int, default=16)
     parser.add_argument("--downstream-budgets", type=float, nargs="+", default=[0.02, 0.1])
-    parser.add_argument("--downstream-embedder", default="reference", choices=["tfidf", "minilm", "reference"])
+    parser.add_argument("--downstream-embedder", default="tfidf", choices=["tfidf", "minilm", "reference"])
+    parser.add_argument("--downstream-val-rows", type=int, default=0,
+                        help="evaluate on a fixed seeded subset of this many validation rows (0 = all)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (0 = torch's default); 1 is much faster on oversubscribed cores")
     args = parser.parse_args()
 
     if args.scale_worker:
         print(json.dumps(scale_worker(args.scale_n, 384, args.scale_k, args.scale_points_per_centroid,
                                       args.scale_iters, 0.01, args.scale_shards, cores=2)))
         return
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     report: dict = {"benchmark": "selection", "machine_at_start": machine(),
                     "command": " ".join(["python", "bench/bench_selection.py"] + sys.argv[1:])}
     t0 = time.perf_counter()
     if not args.skip_estimate or args.downstream:
         embedders = args.embedders if not args.skip_estimate else [args.downstream_embedder]
-        ctx = load_default(args.cache_dir, args.seed, args.max_docs, embedders)
+        ctx = load_default(args.cache_dir, args.seed, args.max_docs, embedders, args.minilm_max_seq_length)
         ctx["downstream_embedder"] = args.downstream_embedder
         report["corpus"] = ctx["corpus"]
         report["setup_seconds"] = round(ctx["setup_seconds"], 1)
@@ -521,7 +548,8 @@ def main() -> None:
         if args.downstream:
             report["downstream"] = downstream(ctx, args.downstream_seeds, args.downstream_steps,
                                               args.downstream_budgets, args.downstream_batch_size,
-                                              partial_path=(args.out + ".partial") if args.out else None)
+                                              partial_path=(args.out + ".partial") if args.out else None,
+                                              val_rows=args.downstream_val_rows)
     if not args.skip_scale:
         _log("(c) scale run in a fresh process on 2 cores")
         report["scale"] = scale(args)

@@ -490,7 +490,9 @@ def report(result: SelectResult) -> list:
             f"documents ({result.budget_docs}), {d['uniform_relative_std_equal_queries']:.3%} at equal loss queries "
             f"({q} rows: the budget plus the {d['n_probe_queries']} probe queries). Ratio "
             f"**{d['std_ratio_equal_docs']:.2f}** at equal documents, **{d['std_ratio_equal_queries']:.2f}** at "
-            "equal loss queries (below 1 is better than uniform)."))
+            "equal loss queries (below 1 is better than uniform"
+            + ("; NaN: at this budget uniform sampling without replacement takes every document and is exact"
+               if not np.isfinite(d["std_ratio_equal_queries"]) else "") + ")."))
         rows = [[result.method, result.budget_docs, f"{d['relative_std']:.4%}", d["relative_std_kind"]],
                 ["uniform without replacement (equal documents)", result.budget_docs,
                  f"{d['uniform_relative_std_equal_docs']:.4%}", "exact"],

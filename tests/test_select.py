@@ -181,3 +181,13 @@ def test_reference_hidden_state_embeddings(inputs, selected):
     again = select_data.run(CFG, **{**inputs, "embeddings": None})
     np.testing.assert_array_equal(again.embeddings, s.embeddings)
     np.testing.assert_array_equal(again.indices, s.indices)
+
+
+def test_whole_corpus_budget_has_no_uniform_ratio(inputs):
+    """budget = every document (the default config's 1.0): uniform without replacement is exact, the ratio NaN."""
+    s = select_data.run(dataclasses.replace(CFG, budget_docs=120), **inputs)
+    d = s.diagnostics
+    assert d["uniform_relative_std_equal_docs"] == 0 and np.isnan(d["std_ratio_equal_docs"])
+    assert d["relative_std"] > 0                               # draws with replacement still vary
+    text = "\n".join(i.text for i in select_data.report(s) if isinstance(i, Markdown))
+    assert "takes every document and is exact" in text
