@@ -186,15 +186,14 @@ def _arm_job(lcfg, flow_arm: str, name: str, init_files: dict, data, indices, we
 
 
 def grown_train_config(cfg, args):
-    """The large arms' TrainConfig for a grown arm under ``--grown-schedule``."""
-    from libs.training import final_lr, post_growth_config
+    """The grown arm's TrainConfig: the flow's own (``steps.train_large.grown_train_config``), with the
+    schedule, warmup and decay span of ``--grown-schedule``, ``--grown-warmup`` and ``--grown-decay``."""
+    from steps.train_large import grown_train_config as flow_grown_train_config
 
-    large = cfg.train_large.train
-    if args.grown_schedule == "restart":
-        return large
-    decay = max(1, int(round(args.grown_decay * (large.steps - min(args.grown_warmup, large.steps)))))
-    return post_growth_config(large, components_final_lr=final_lr(cfg.pretrain_small.train),
-                              warmup_steps=args.grown_warmup, decay_steps=decay)
+    given = {"grown_schedule": args.grown_schedule, "grown_warmup_steps": args.grown_warmup,
+             "grown_decay_fraction": args.grown_decay}
+    large_cfg = dataclasses.replace(cfg.train_large, **{k: v for k, v in given.items() if v is not None})
+    return flow_grown_train_config(large_cfg, cfg.pretrain_small.train)
 
 
 def run_seed(seed: int, cfg, data, indices, weights, assignment, args, pool) -> dict:
@@ -368,12 +367,14 @@ def main() -> None:
     parser.add_argument("--small-steps", type=int, default=0, help="small-model steps (0: the config's)")
     parser.add_argument("--large-steps", type=int, default=0, help="large-arm steps (0: the config's)")
     parser.add_argument("--eval-every", type=int, default=0, help="evaluate every this many steps (0: the config's)")
-    parser.add_argument("--grown-schedule", choices=("restart", "continue"), default="continue",
+    parser.add_argument("--grown-schedule", choices=("restart", "continue"), default=None,
                         help="grown arms: the large arms' schedule (restart), or post_growth_config (continue: "
                              "peak at most the components' final lr, short warmup, faster decay)")
-    parser.add_argument("--grown-warmup", type=int, default=10, help="continue: warmup steps after growth")
-    parser.add_argument("--grown-decay", type=float, default=1.0,
-                        help="continue: the cosine decay spans this fraction of the steps after the warmup")
+    parser.add_argument("--grown-warmup", type=int, default=None,
+                        help="continue: warmup steps after growth (default: train_large.grown_warmup_steps)")
+    parser.add_argument("--grown-decay", type=float, default=None,
+                        help="continue: the cosine decay spans this fraction of the steps after the warmup "
+                             "(default: train_large.grown_decay_fraction)")
     parser.add_argument("--stop-at-target", action="store_true",
                         help="train scratch first, stop grown arms at its final validation loss")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
@@ -486,7 +487,7 @@ def _report(seeds, args, cfg, data_summary, start_machine, t0) -> dict:
         "data": data_summary,
         "train": {"small": dataclasses.asdict(cfg.pretrain_small.train),
                   "large": dataclasses.asdict(cfg.train_large.train),
-                  "grown": dataclasses.asdict(grown_train) | {"schedule": args.grown_schedule,
+                  "grown": dataclasses.asdict(grown_train) | {"schedule": args.grown_schedule or cfg.train_large.grown_schedule,
                                                               "peak_lr_used": max(lr_at_step(grown_train, s)
                                                                                   for s in range(grown_train.steps))},
                   "grow": dataclasses.asdict(cfg.grow), "stop_at_target": args.stop_at_target,
