@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["SIGNATURE_STATS", "mlp_activations", "signature_of", "mlp_layer_margins", "mlp_geometric_complexity",
+__all__ = ["SIGNATURE_STATS", "SIGNATURE_VARIANTS", "JIANG_FLOOR", "SIGNATURE_GROUPS", "mlp_activations", "signature_of", "mlp_layer_margins", "mlp_geometric_complexity",
            "mlp_perturbed_error", "median_nn_distance", "SmoothedProbes", "smoothed_probes", "mlp_smoothed_error",
            "knn_loo_error", "mlp_gap_features"]
 
@@ -29,6 +29,7 @@ __all__ = ["SIGNATURE_STATS", "mlp_activations", "signature_of", "mlp_layer_marg
 # ---------------------------------------------------------------------------------------------
 
 SIGNATURE_STATS = ("q1", "median", "q3", "upper_fence", "lower_fence")
+SIGNATURE_GROUPS = ("in", "h1", "hlast", "hmean", "out")   # input, first and last hidden, mean over hidden, logits
 
 
 def mlp_activations(weights: list[torch.Tensor], biases: list[torch.Tensor], x: torch.Tensor) -> list[torch.Tensor]:
@@ -51,21 +52,43 @@ def _signed_log(t: torch.Tensor) -> torch.Tensor:
     return torch.sign(t) * torch.log1p(t.abs())
 
 
-def signature_of(margins: torch.Tensor) -> torch.Tensor:
-    """Margin signature of each row of ``margins`` (G, n): (G, 5) = signed-log of Q1, median, Q3, fences.
+JIANG_FLOOR = 1e-6   # the smallest statistic Jiang's variant takes the log of (see signature_of)
+SIGNATURE_VARIANTS = ("signed_log", "jiang")
 
-    The same statistics, in the same order (``SIGNATURE_STATS``), as :func:`margin_signature`.
+
+def signature_of(margins: torch.Tensor, variant: str = "signed_log") -> torch.Tensor:
+    """Margin signature of each row of ``margins`` (G, n): (G, 5) = Q1, median, Q3, upper and lower fence.
+
+    ``variant="signed_log"``: every defined margin (negative ones, the misclassified examples,
+    included) and ``sign(s) log(1 + |s|)`` of each statistic ``s``; the same statistics, in the
+    same order (``SIGNATURE_STATS``), as :func:`libs.gap_features.margin_signature`.
+
+    ``variant="jiang"`` (Jiang et al. 2018): the positive margins only (correctly classified
+    examples) and the plain log of each statistic. A fence can fall outside the positive
+    margins (the lower fence is often negative): every statistic is first clipped from below
+    to the smallest positive margin of its row, and a row without any positive margin gets
+    ``log(JIANG_FLOOR)`` everywhere (our choices: the log is undefined there).
+
     NaN entries (examples without a defined margin, see :func:`mlp_layer_margins`) are left out;
-    a row with no defined margin at all gets a NaN signature (the caller drops that network).
+    in the signed-log variant a row with no defined margin at all gets a NaN signature (the
+    caller drops that network).
     """
+    if variant not in SIGNATURE_VARIANTS:
+        raise ValueError(f"signature_of: unknown variant {variant!r}; choose from {SIGNATURE_VARIANTS}")
     margins = margins.double()
     if torch.isinf(margins).any():
         raise ValueError("signature_of: margins are infinite; the network or data is broken")
+    if variant == "jiang":
+        margins = torch.where(margins > 0, margins, torch.tensor(float("nan"), dtype=margins.dtype))
     q = torch.nanquantile(margins, torch.tensor([0.25, 0.5, 0.75], dtype=margins.dtype), dim=1)   # (3, G)
     q1, q2, q3 = q
     iqr = q3 - q1
     stats = torch.stack([q1, q2, q3, q3 + 1.5 * iqr, q1 - 1.5 * iqr], dim=1)                  # (G, 5)
-    return _signed_log(stats)
+    if variant == "signed_log":
+        return _signed_log(stats)
+    smallest = torch.where(torch.isnan(margins), torch.inf, margins).min(1).values           # (G,): inf if none
+    stats = torch.maximum(stats, smallest[:, None])
+    return torch.log(torch.nan_to_num(stats, nan=JIANG_FLOOR).clamp_min(JIANG_FLOOR))
 
 
 def mlp_layer_margins(weights: list[torch.Tensor], biases: list[torch.Tensor], x: torch.Tensor,
@@ -228,7 +251,8 @@ def mlp_gap_features(weights: list[torch.Tensor], biases: list[torch.Tensor], in
     -------
     features : one dict per network: margin signatures (``SIGNATURE_STATS``) of the input layer
         (``in_*``), the first and last hidden layers (``h1_*``, ``hlast_*``), the mean over hidden
-        layers (``hmean_*``) and the logits (``out_*``); ``log_geometric_complexity``;
+        layers (``hmean_*``) and the logits (``out_*``), signed-log (:func:`signature_of`), and the same
+        in Jiang et al.'s variant (positive margins, log: ``jiang_in_*`` ... ``jiang_out_*``); ``log_geometric_complexity``;
         ``log_weight_norm`` (log of the root summed squared Frobenius norms of the weight matrices);
         ``log_dist_from_init``; ``train_loss``; ``train_error``; ``perturbed_error_<sigma>`` (the
         training error under input noise of each std in ``perturbation_sigmas``, noise from
@@ -250,20 +274,23 @@ def mlp_gap_features(weights: list[torch.Tensor], biases: list[torch.Tensor], in
         error = (logits.argmax(2) != labels).double().mean(1)
         sq = sum(w.double().pow(2).sum((1, 2)) for w in weights)
         dist = sum((w.double() - w0.double()).pow(2).sum((1, 2)) for w, w0 in zip(weights, init_weights))
-    sigs = torch.stack([signature_of(m) for m in mlp_layer_margins(weights, biases, x, y)], dim=1)  # (G, L, 5)
+    margins = mlp_layer_margins(weights, biases, x, y)
+    sigs = torch.stack([signature_of(m) for m in margins], dim=1)                         # (G, L, 5)
+    jiang = torch.stack([signature_of(m, "jiang") for m in margins], dim=1)               # (G, L, 5)
     gc = mlp_geometric_complexity(weights, biases, x)
     perturbed = {f"perturbed_error_{sigma:g}": mlp_perturbed_error(weights, biases, x, y, sigma, seed=seed)
                  for sigma in perturbation_sigmas}
     if probes is None:
         probes = smoothed_probes(x.numpy(), y.numpy(), logits.shape[2], seed=seed)
     perturbed |= {f"smoothed_error_{p.scale:g}": mlp_smoothed_error(weights, biases, p) for p in probes}
-    hidden = sigs[:, 1:-1]
     rows, seqs = [], []
     for k in range(g):
         row = {}
-        for layer_name, sig in (("in", sigs[k, 0]), ("h1", hidden[k, 0]), ("hlast", hidden[k, -1]),
-                                ("hmean", hidden[k].mean(0)), ("out", sigs[k, -1])):
-            row.update({f"{layer_name}_{s}": float(v) for s, v in zip(SIGNATURE_STATS, sig)})
+        for prefix, per_layer in (("", sigs[k]), ("jiang_", jiang[k])):
+            hidden = per_layer[1:-1]
+            for layer_name, sig in zip(SIGNATURE_GROUPS, (per_layer[0], hidden[0], hidden[-1], hidden.mean(0),
+                                                           per_layer[-1])):
+                row.update({f"{prefix}{layer_name}_{s}": float(v) for s, v in zip(SIGNATURE_STATS, sig)})
         # a network whose logits do not depend on its input (collapsed: every ReLU dead) has gc = 0: -inf here
         row["log_geometric_complexity"] = math.log(float(gc[k])) if float(gc[k]) > 0 else float("-inf")
         row["log_weight_norm"] = 0.5 * math.log(max(float(sq[k]), 1e-12))

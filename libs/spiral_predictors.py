@@ -7,11 +7,13 @@ The language-model predictors of GrowthFlow are in :mod:`libs.gap_predictors` (i
 from __future__ import annotations
 
 import math
+import pickle
 
 import numpy as np
 
-__all__ = ["ZOO_PREDICTORS", "SPLITS", "LayerSequenceRegressor", "QuantileClipper", "ZooPredictor",
-           "make_spiral_regressor", "split_folds", "bootstrap_r2", "conditional_mutual_information"]
+__all__ = ["ZOO_PREDICTORS", "SPLITS", "OUT_OF_DISTRIBUTION_SPLITS", "FEATURE_SETS", "feature_columns",
+           "within_family_r2", "task_families", "load_predictors", "LayerSequenceRegressor", "QuantileClipper", "ZooPredictor",
+           "make_spiral_regressor", "split_folds", "bootstrap_r2", "conditioned_ranking_information"]
 
 # ---------------------------------------------------------------------------------------------
 # The spiral zoo (GapZooFlow): a recurrent predictor over the per-layer signature sequence,
@@ -19,7 +21,47 @@ __all__ = ["ZOO_PREDICTORS", "SPLITS", "LayerSequenceRegressor", "QuantileClippe
 # ---------------------------------------------------------------------------------------------
 
 ZOO_PREDICTORS = ("linear", "mlp", "gbm", "rnn")
-SPLITS = ("random", "task_family", "architecture", "hparam_extremes")
+SPLITS = ("random", "task_family", "architecture", "hparam_extremes", "architecture_task_disjoint",
+          "hparam_extremes_task_disjoint")
+OUT_OF_DISTRIBUTION_SPLITS = ("architecture_task_disjoint", "hparam_extremes_task_disjoint")
+
+# Feature sets of the ablation, by column name (see feature_columns): what carries the R².
+FEATURE_SETS = ("jiang", "jiang_log", "jiang_gc_norms", "train_error_proxies", "all")
+_SIGNATURE_PREFIXES = ("in_", "h1_", "hlast_", "hmean_", "out_")
+_GC_NORMS = ("log_geometric_complexity", "log_weight_norm", "log_dist_from_init")
+_PROXIES = ("train_loss", "train_error", "train_knn_error", "log_nn_distance")
+
+
+def feature_columns(names: list[str], feature_set: str) -> list[int]:
+    """Indices of the columns ``names`` that make up one ablation feature set.
+
+    * ``jiang``: the margin signatures only (input, first and last hidden layer, mean over hidden
+      layers, logits; signed log1p of the statistics of every defined margin).
+    * ``jiang_log``: the same signatures in Jiang et al.'s variant (positive margins, log).
+    * ``jiang_gc_norms``: ``jiang`` plus geometric complexity, weight norm and distance from init.
+    * ``train_error_proxies``: training loss and error, the perturbed and smoothed-resample
+      errors and the data's k-NN error and nearest-neighbour distance, without any margin.
+    * ``all``: every column (signatures of both variants, norms, proxies, architecture covariates).
+    """
+    if feature_set not in FEATURE_SETS:
+        raise ValueError(f"unknown feature set {feature_set!r}; choose from {FEATURE_SETS}")
+    if feature_set == "all":
+        return list(range(len(names)))
+
+    def wanted(n: str) -> bool:
+        signature = n.startswith(_SIGNATURE_PREFIXES)
+        if feature_set == "jiang":
+            return signature
+        if feature_set == "jiang_log":
+            return n.startswith("jiang_")
+        if feature_set == "jiang_gc_norms":
+            return signature or n in _GC_NORMS
+        return n in _PROXIES or n.startswith(("perturbed_error_", "smoothed_error_"))
+
+    cols = [i for i, n in enumerate(names) if wanted(n)]
+    if not cols:
+        raise ValueError(f"feature set {feature_set!r} matches none of the columns {names[:8]}...")
+    return cols
 
 
 class LayerSequenceRegressor:
@@ -190,8 +232,16 @@ def make_spiral_regressor(name: str, random_state: int):
                                          random_state=random_state)
 
 
+def task_families(meta: list[dict], family_keys: tuple[str, ...] | None = None) -> np.ndarray:
+    """The task family of every row: the values of the task knobs ``family_keys``, else the row's ``family``."""
+    if family_keys:
+        return np.array(["_".join(f"{k}{m['task'][k]}" for k in family_keys) for m in meta])
+    return np.array([str(m["family"]) for m in meta])
+
+
 def split_folds(kind: str, meta: list[dict], *, n_folds: int = 5, random_state: int = 0,
-                family_keys: tuple[str, ...] | None = None) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray]:
+                family_keys: tuple[str, ...] | None = None,
+                n_family_folds: int = 3) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray]:
     """Train/test folds of the zoo for one evaluation split, and the group label of every row.
 
     ``meta`` holds one dict per row with ``network_id``, ``family`` (or ``task``, a dict of the
@@ -199,41 +249,57 @@ def split_folds(kind: str, meta: list[dict], *, n_folds: int = 5, random_state: 
     is ever on both sides of a fold:
 
     * ``random``: ``n_folds``-fold cross-validation over networks (group = the network).
-    * ``task_family``: leave one task family out, every family in turn (group = the row's
-      ``family``, by default the spiral's arms and input noise; or the values of the task knobs
-      ``family_keys``); the predictor never saw a network trained on that kind of task (Yak's
-      task-independent setting).
+    * ``task_family``: leave one task family out, every family in turn (group = the family,
+      :func:`task_families`); the predictor never saw a network trained on that kind of task.
     * ``architecture``: one split, train on the shallower half of the depths, test on the deeper
-      ones (group = depth; out of distribution in architecture).
+      ones (group = depth; out of distribution in architecture, but the test tasks were seen).
     * ``hparam_extremes``: one split, train on the middle learning-rate levels, test on the
-      smallest and largest (group = learning-rate level; out of distribution in optimisation).
+      smallest and largest (group = learning-rate level; the test tasks were seen).
+    * ``architecture_task_disjoint`` and ``hparam_extremes_task_disjoint``: the same two shifts
+      with the task families also disjoint. The families are dealt into ``n_family_folds`` folds
+      (shuffled by ``random_state``); fold k trains on the shallow (middle-rate) networks of the
+      other folds' families and tests on the deep (extreme-rate) networks of fold k's families.
+      Every deep (extreme) network is tested once; group = the family (neither the family nor
+      the depth or rate level is ever on both sides).
 
     Returns (folds, groups): folds are (train indices, test indices) pairs.
     """
     n = len(meta)
+    families = task_families(meta, family_keys)
     if kind == "random":
         groups = np.array([str(m["network_id"]) for m in meta])
         order = np.random.default_rng(random_state).permutation(n)
         chunks = np.array_split(order, min(n_folds, n))
         folds = [(np.setdiff1d(np.arange(n), c), np.sort(c)) for c in chunks]
     elif kind == "task_family":
-        if family_keys:
-            groups = np.array(["_".join(f"{k}{m['task'][k]}" for k in family_keys) for m in meta])
-        else:
-            groups = np.array([str(m["family"]) for m in meta])
+        groups = families
         folds = [(np.flatnonzero(groups != g), np.flatnonzero(groups == g)) for g in np.unique(groups)]
-    elif kind == "architecture":
-        depth = np.array([m["hparams"]["depth"] for m in meta])
-        groups = np.array([f"depth{d}" for d in depth])
-        levels = np.unique(depth)
-        cut = levels[(len(levels) - 1) // 2]                 # depths <= cut train, deeper test
-        folds = [(np.flatnonzero(depth <= cut), np.flatnonzero(depth > cut))]
-    elif kind == "hparam_extremes":
-        level = np.array([m["hparams"]["lr_level"] for m in meta])
-        groups = np.array([f"lr_level{v}" for v in level])
-        lo, hi = level.min(), level.max()
-        extreme = (level == lo) | (level == hi)
-        folds = [(np.flatnonzero(~extreme), np.flatnonzero(extreme))]
+    elif kind in ("architecture", "hparam_extremes", "architecture_task_disjoint", "hparam_extremes_task_disjoint"):
+        if kind.startswith("architecture"):
+            depth = np.array([m["hparams"]["depth"] for m in meta])
+            shift_groups = np.array([f"depth{d}" for d in depth])
+            levels = np.unique(depth)
+            shifted = depth > levels[(len(levels) - 1) // 2]           # depths <= the middle train, deeper test
+        else:
+            level = np.array([m["hparams"]["lr_level"] for m in meta])
+            shift_groups = np.array([f"lr_level{v}" for v in level])
+            shifted = (level == level.min()) | (level == level.max())
+        if not kind.endswith("task_disjoint"):
+            groups = shift_groups
+            folds = [(np.flatnonzero(~shifted), np.flatnonzero(shifted))]
+        else:
+            groups = families
+            unique = np.random.default_rng(random_state).permutation(np.unique(families))
+            if len(unique) < 2:
+                raise ValueError(f"split {kind!r} needs at least 2 task families, the zoo has {len(unique)}; "
+                                 "grow the zoo's task grid or change fit.family_keys")
+            folds = []
+            for held in np.array_split(unique, min(n_family_folds, len(unique))):
+                in_held = np.isin(families, held)
+                folds.append((np.flatnonzero(~shifted & ~in_held), np.flatnonzero(shifted & in_held)))
+            for train, test in folds:                                  # a guard: the shift is disjoint too
+                if set(shift_groups[train]) & set(shift_groups[test]):
+                    raise AssertionError(f"split {kind!r} leaks {sorted(set(shift_groups[train]) & set(shift_groups[test]))}")
     else:
         raise ValueError(f"unknown split {kind!r}; choose from {SPLITS}")
     for train, test in folds:
@@ -246,18 +312,43 @@ def split_folds(kind: str, meta: list[dict], *, n_folds: int = 5, random_state: 
     return folds, groups
 
 
-def bootstrap_r2(y: np.ndarray, pred: np.ndarray, *, n_boot: int = 1000, level: float = 0.95,
-                 random_state: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of R² over rows (resampled with replacement)."""
+def within_family_r2(y: np.ndarray, pred: np.ndarray, families: np.ndarray) -> float:
+    """R² against each task family's own mean gap: 1 - sum (y - pred)² / sum (y - mean of y in its family)².
+
+    Above 0 only when the predictor beats an oracle that knows every family's mean gap, i.e. when it
+    ranks and places networks within a family, not only the families against each other.
+    """
+    y, pred, families = np.asarray(y, dtype=np.float64), np.asarray(pred, dtype=np.float64), np.asarray(families)
+    centred = y.copy()
+    for f in np.unique(families):
+        at = families == f
+        centred[at] -= y[at].mean()
+    ss_tot = float((centred ** 2).sum())
+    return 1.0 - float(((y - pred) ** 2).sum()) / ss_tot if ss_tot > 0 else float("nan")
+
+
+def bootstrap_r2(y: np.ndarray, pred: np.ndarray, *, groups: np.ndarray | None = None, n_boot: int = 1000,
+                 level: float = 0.95, random_state: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of R².
+
+    With ``groups`` (the rows' task families) whole groups are resampled with replacement (a
+    cluster bootstrap: networks of one family are not independent draws); without, rows are.
+    """
+    y, pred = np.asarray(y, dtype=np.float64), np.asarray(pred, dtype=np.float64)
     rng = np.random.default_rng(random_state)
-    n = len(y)
-    idx = rng.integers(0, n, (n_boot, n))
-    yb, pb = y[idx], pred[idx]
-    ss_res = ((yb - pb) ** 2).sum(1)
-    ss_tot = ((yb - yb.mean(1, keepdims=True)) ** 2).sum(1)
-    r2 = 1 - ss_res / np.where(ss_tot > 0, ss_tot, np.nan)
-    r2 = r2[np.isfinite(r2)]
-    if len(r2) == 0:
+    if groups is None:
+        members = [np.array([i]) for i in range(len(y))]
+    else:
+        groups = np.asarray(groups)
+        members = [np.flatnonzero(groups == g) for g in np.unique(groups)]
+    r2 = []
+    for _ in range(n_boot):
+        idx = np.concatenate([members[k] for k in rng.integers(0, len(members), len(members))])
+        yb, pb = y[idx], pred[idx]
+        ss_tot = float(((yb - yb.mean()) ** 2).sum())
+        if ss_tot > 0:
+            r2.append(1.0 - float(((yb - pb) ** 2).sum()) / ss_tot)
+    if not r2:
         return float("nan"), float("nan")
     alpha = (1 - level) / 2
     return float(np.quantile(r2, alpha)), float(np.quantile(r2, 1 - alpha))
@@ -268,21 +359,24 @@ def _entropy(counts: np.ndarray) -> float:
     return float(-(p * np.log(p)).sum())
 
 
-def conditional_mutual_information(y: np.ndarray, pred: np.ndarray, hparams: list[dict], names: tuple[str, ...], *,
+def conditioned_ranking_information(y: np.ndarray, pred: np.ndarray, hparams: list[dict], names: tuple[str, ...], *,
                                    max_pairs_per_cell: int = 2000, random_state: int = 0) -> dict:
-    """A simplified PGDL / "Fantastic generalization measures" (Jiang et al. 2020) CMI score.
+    """How much the predicted order of networks says about their true order once hyperparameters are fixed.
 
-    What it computes, exactly. For every conditioning set S of one or two hyperparameters from
-    ``names``: rows are grouped into cells that share the values of S; within each cell, pairs of
-    networks (i, j) (all pairs, or ``max_pairs_per_cell`` sampled ones) give two binary variables,
+    Not PGDL's conditional mutual information: Jiang et al. (2020) and the PGDL competition compute
+    it on a full factorial grid, where two networks of a cell differ in exactly the hyperparameters
+    outside the conditioning set; our zoo samples its optimisation settings, so a cell's pairs
+    differ in several at once. Hence the different name.
+
+    What it computes. For every conditioning set S of one or two hyperparameters from ``names``:
+    rows are grouped into cells that share the values of S; within each cell, pairs of networks
+    (i, j) (all pairs, or ``max_pairs_per_cell`` sampled ones) give two binary variables,
     V_g = [gap_i > gap_j] and V_p = [pred_i > pred_j] (pairs with tied gaps are dropped). The score
-    of S is I(V_p; V_g | U_S) / H(V_g | U_S), the conditional mutual information (natural logs)
-    pooled over cells weighted by their pair counts, normalized by the conditional entropy of V_g
-    so that 1 means the predicted order always matches the true order (or always reverses it) and
-    0 means it carries no information once S is fixed. The reported score is the minimum over the
-    conditioning sets (Jiang et al. take the minimum over all sets of size <= 2 as well), with the
-    minimizing set. Simplifications: our grid is sampled, not full factorial, so a cell's pairs
-    differ in several hyperparameters at once; only cells with at least 2 rows count.
+    of S is I(V_p; V_g | U_S) / H(V_g | U_S), the mutual information (natural logs) pooled over
+    cells weighted by their pair counts, normalized by the conditional entropy of V_g, so that 1
+    means the predicted order always matches the true order (or always reverses it) and 0 means it
+    carries no information once S is fixed. The reported score is the minimum over the conditioning
+    sets, with the minimizing set. Only cells with at least 2 rows count.
     """
     from itertools import combinations
 
@@ -328,6 +422,22 @@ def conditional_mutual_information(y: np.ndarray, pred: np.ndarray, hparams: lis
         scores["+".join(s)] = cmi / h_cond if h_cond > 0 else float("nan")
     finite = {k: v for k, v in scores.items() if np.isfinite(v)}
     if not finite:
-        return {"cmi": float("nan"), "conditioned_on": None, "by_set": scores}
+        return {"score": float("nan"), "conditioned_on": None, "by_set": scores}
     worst = min(finite, key=finite.get)
-    return {"cmi": finite[worst], "conditioned_on": worst, "by_set": scores}
+    return {"score": finite[worst], "conditioned_on": worst, "by_set": scores}
+
+
+class _RenamedModules(pickle.Unpickler):
+    """Unpickles predictors pickled before the spiral split (classes then lived in libs.gap_predictors)."""
+
+    def find_class(self, module, name):
+        if module == "libs.gap_predictors" and name in ("ZooPredictor", "LayerSequenceRegressor", "QuantileClipper"):
+            module = __name__
+        return super().find_class(module, name)
+
+
+def load_predictors(blob: bytes) -> dict:
+    """The ``{name: ZooPredictor}`` dict of a GapZooFlow ``predictors`` artifact, old runs' included."""
+    import io
+
+    return _RenamedModules(io.BytesIO(blob)).load()

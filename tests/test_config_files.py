@@ -5,8 +5,8 @@ import pytest
 
 from libs.schema import ConfigError, describe
 from steps.config import GrowthConfig, config_reference_markdown, load_config, load_config_file
-from steps.gap_zoo import GapZooConfig, load_gap_zoo_config_file
-from steps.gap_zoo import config_reference_markdown as gap_zoo_reference_markdown
+from steps.gap_zoo_config import GapZooConfig, load_gap_zoo_config_file
+from steps.gap_zoo_config import config_reference_markdown as gap_zoo_reference_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "config").glob("*.toml"))
@@ -66,6 +66,6 @@ def test_the_default_gap_zoo_is_big_enough():
 
 def test_readme_documents_every_gap_zoo_key():
     readme = (ROOT / "README.md").read_text()
-    assert gap_zoo_reference_markdown() in readme, "regenerate the table: python -m steps.gap_zoo"
+    assert gap_zoo_reference_markdown() in readme, "regenerate the table: python -m steps.gap_zoo_config"
     for row in describe(GapZooConfig):
         assert f"`{row['key']}`" in readme

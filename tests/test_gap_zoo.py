@@ -13,14 +13,16 @@ import torch.nn.functional as F
 
 from libs.gap_features import margin_signature
 from libs.gap_predictors import r2_score
-from libs.spiral_features import (SIGNATURE_STATS, knn_loo_error, median_nn_distance, mlp_activations, mlp_gap_features,
-                                  mlp_geometric_complexity, mlp_layer_margins, mlp_perturbed_error, signature_of)
-from libs.spiral_predictors import (SPLITS, ZOO_PREDICTORS, LayerSequenceRegressor, ZooPredictor, bootstrap_r2,
-                                    conditional_mutual_information, split_folds)
+from libs.spiral_features import (JIANG_FLOOR, SIGNATURE_STATS, knn_loo_error, median_nn_distance, mlp_activations,
+                                  mlp_gap_features, mlp_geometric_complexity, mlp_layer_margins, mlp_perturbed_error,
+                                  signature_of)
+from libs.spiral_predictors import (FEATURE_SETS, OUT_OF_DISTRIBUTION_SPLITS, SPLITS, ZOO_PREDICTORS,
+                                    LayerSequenceRegressor, ZooPredictor, bootstrap_r2, conditioned_ranking_information,
+                                    feature_columns, load_predictors, split_folds, within_family_r2)
 from libs.mlp_zoo import (NetworkSpec, _evaluate, _train_group, learning_rate, sample_networks, sample_tasks,
                           train_networks)
 from libs.spiral import SpiralTask, make_spiral_data, sample_spiral
-from steps import gap_zoo
+from steps import fit_predictors, gap_zoo_config, train_shard
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOW = str(ROOT / "flows" / "gap_zoo_flow.py")
@@ -179,6 +181,21 @@ def test_signature_of_matches_the_numpy_margin_signature():
         signature_of(torch.tensor([[1.0, float("inf")]]))
 
 
+def test_jiangs_variant_keeps_positive_margins_and_takes_the_log():
+    m = torch.tensor([[-3.0, -1.0, 0.5, 1.0, 2.0, 4.0, 8.0, float("nan")],
+                      [-1.0, -2.0, -0.5, -4.0, float("nan"), -1.0, -1.0, -1.0]], dtype=torch.float64)
+    sig = signature_of(m, "jiang")
+    positive = np.array([0.5, 1.0, 2.0, 4.0, 8.0])
+    q1, q2, q3 = np.percentile(positive, [25, 50, 75])
+    iqr = q3 - q1
+    expected = np.log(np.maximum([q1, q2, q3, q3 + 1.5 * iqr, q1 - 1.5 * iqr], positive.min()))   # fence clipped
+    np.testing.assert_allclose(sig[0].numpy(), expected, rtol=1e-12)
+    assert q1 - 1.5 * iqr < positive.min()                                   # the clipping mattered here
+    np.testing.assert_allclose(sig[1].numpy(), np.full(5, math.log(JIANG_FLOOR)))   # no positive margin at all
+    with pytest.raises(ValueError, match="unknown variant"):
+        signature_of(m, "cubic")
+
+
 def test_margins_are_undefined_where_every_relu_is_off_and_collapsed_networks_are_flagged():
     weights, biases = _net(2, [2, 4, 3], seed=5)
     x = torch.randn(20, 2, dtype=torch.float64)
@@ -213,6 +230,9 @@ def test_mlp_gap_features_by_hand():
         np.testing.assert_allclose([rows[k][f"h1_{s}"] for s in SIGNATURE_STATS], seqs[k][1])
         np.testing.assert_allclose([rows[k][f"hlast_{s}"] for s in SIGNATURE_STATS], seqs[k][2])
         np.testing.assert_allclose([rows[k][f"hmean_{s}"] for s in SIGNATURE_STATS], seqs[k][1:3].mean(0))
+        margins = mlp_layer_margins(weights, biases, x, y)
+        np.testing.assert_allclose([rows[k][f"jiang_out_{s}"] for s in SIGNATURE_STATS],
+                                   signature_of(margins[-1], "jiang")[k].numpy())
 
 
 def test_perturbed_error_by_hand():
@@ -338,10 +358,16 @@ def test_grouped_splits_never_leak_a_group(kind):
     folds, groups = split_folds(kind, meta, n_folds=5, random_state=0)
     attribute = {"random": lambda m: m["network_id"], "task_family": lambda m: m["family"],
                  "architecture": lambda m: m["hparams"]["depth"], "hparam_extremes": lambda m: m["hparams"]["lr_level"]}
+    disjoint = {"architecture_task_disjoint": ("architecture", "task_family"),
+                "hparam_extremes_task_disjoint": ("hparam_extremes", "task_family")}
     for train, test in folds:
         assert len(train) and len(test) and not set(train) & set(test)
-        assert not {attribute[kind](meta[i]) for i in train} & {attribute[kind](meta[i]) for i in test}
+        for part in disjoint.get(kind, (kind,)):                       # task-disjoint: both shifts at once
+            assert not {attribute[part](meta[i]) for i in train} & {attribute[part](meta[i]) for i in test}
         assert not set(groups[train]) & set(groups[test])
+    if kind in disjoint:                                              # every shifted network is tested once
+        shifted, _ = split_folds(disjoint[kind][0], meta)
+        assert sorted(np.concatenate([te for _, te in folds]).tolist()) == shifted[0][1].tolist()
     tested = np.concatenate([te for _, te in folds])
     if kind in ("random", "task_family"):                             # every row is held out exactly once
         assert sorted(tested.tolist()) == list(range(len(meta)))
@@ -364,29 +390,29 @@ def test_a_split_with_one_group_or_an_unknown_name_is_an_error():
 
 # ------------------------------------------------------------------------------------------ metrics
 
-def test_cmi_is_one_for_a_perfect_predictor_and_near_zero_for_noise():
+def test_ranking_information_is_one_for_a_perfect_predictor_and_near_zero_for_noise():
     rng = np.random.default_rng(0)
     meta = _meta(300)
     hparams = [m["hparams"] for m in meta]
     y = rng.normal(size=300)
     names = ("depth", "lr_level")
-    assert conditional_mutual_information(y, 2 * y + 1, hparams, names)["cmi"] == pytest.approx(1.0)
-    assert conditional_mutual_information(y, -y, hparams, names)["cmi"] == pytest.approx(1.0)   # order reversed
-    noise = conditional_mutual_information(y, rng.normal(size=300), hparams, names)
-    assert 0 <= noise["cmi"] < 0.02 and noise["conditioned_on"] in noise["by_set"]
-    half = conditional_mutual_information(y, y + rng.normal(size=300), hparams, names)["cmi"]
+    assert conditioned_ranking_information(y, 2 * y + 1, hparams, names)["score"] == pytest.approx(1.0)
+    assert conditioned_ranking_information(y, -y, hparams, names)["score"] == pytest.approx(1.0)   # order reversed
+    noise = conditioned_ranking_information(y, rng.normal(size=300), hparams, names)
+    assert 0 <= noise["score"] < 0.02 and noise["conditioned_on"] in noise["by_set"]
+    half = conditioned_ranking_information(y, y + rng.normal(size=300), hparams, names)["score"]
     assert 0.05 < half < 0.9
 
 
-def test_cmi_is_zero_when_the_predictor_only_knows_a_hyperparameter():
+def test_ranking_information_is_zero_when_the_predictor_only_knows_a_hyperparameter():
     """A predictor that reads off depth ranks networks well overall, but carries nothing once depth is fixed."""
     rng = np.random.default_rng(1)
     meta = _meta(400)
     hparams = [m["hparams"] for m in meta]
     depth = np.array([h["depth"] for h in hparams], dtype=float)
     y = depth + 0.3 * rng.normal(size=400)
-    res = conditional_mutual_information(y, depth, hparams, ("depth", "lr_level"))
-    assert res["cmi"] == pytest.approx(0.0, abs=1e-12) and "depth" in res["conditioned_on"]
+    res = conditioned_ranking_information(y, depth, hparams, ("depth", "lr_level"))
+    assert res["score"] == pytest.approx(0.0, abs=1e-12) and "depth" in res["conditioned_on"]
     assert res["by_set"]["lr_level"] > 0.3
 
 
@@ -396,6 +422,46 @@ def test_bootstrap_interval_brackets_the_r2():
     pred = y + 0.5 * rng.normal(size=400)
     low, high = bootstrap_r2(y, pred, n_boot=500)
     assert low < r2_score(y, pred) < high and high - low < 0.2
+
+
+def test_the_family_bootstrap_resamples_whole_families():
+    """Errors shared within a family (a per-family offset) widen the interval only when families are resampled."""
+    rng = np.random.default_rng(0)
+    families = np.repeat(np.arange(8), 50)
+    y = rng.normal(size=400)
+    pred = y + rng.normal(size=8)[families] * 0.6 + 0.1 * rng.normal(size=400)
+    row_low, row_high = bootstrap_r2(y, pred, n_boot=400)
+    fam_low, fam_high = bootstrap_r2(y, pred, groups=families, n_boot=400)
+    assert fam_high - fam_low > 2 * (row_high - row_low)
+    one = bootstrap_r2(y, pred, groups=np.zeros(400), n_boot=50)             # one family: every resample is the zoo
+    assert one[0] == pytest.approx(r2_score(y, pred)) and one[1] == pytest.approx(r2_score(y, pred))
+
+
+def test_within_family_r2_is_zero_for_the_family_mean_oracle():
+    rng = np.random.default_rng(1)
+    families = np.repeat(["a", "b", "c"], 40)
+    y = np.repeat([0.0, 1.0, 2.0], 40) + 0.1 * rng.normal(size=120)
+    oracle = np.repeat([y[:40].mean(), y[40:80].mean(), y[80:].mean()], 40)
+    assert within_family_r2(y, oracle, families) == pytest.approx(0.0, abs=1e-12)
+    assert within_family_r2(y, y, families) == 1.0
+    assert r2_score(y, oracle) > 0.95                                         # pooled R² credits the family means
+    assert within_family_r2(y, y + 0.1 * rng.normal(size=120), families) < 0.5
+
+
+def test_feature_sets_pick_their_columns():
+    names = ["in_q1", "hmean_median", "out_q3", "jiang_out_q3", "log_geometric_complexity", "log_weight_norm",
+             "log_dist_from_init", "train_error", "train_loss", "perturbed_error_0.1", "smoothed_error_1",
+             "train_knn_error", "log_nn_distance", "depth"]
+    pick = {fs: [names[i] for i in feature_columns(names, fs)] for fs in FEATURE_SETS}
+    assert pick["jiang"] == ["in_q1", "hmean_median", "out_q3"]
+    assert pick["jiang_log"] == ["jiang_out_q3"]
+    assert pick["jiang_gc_norms"] == pick["jiang"] + ["log_geometric_complexity", "log_weight_norm",
+                                                      "log_dist_from_init"]
+    assert not {n for n in pick["train_error_proxies"] if "_q" in n or "median" in n or n.startswith("log_")} - \
+        {"log_nn_distance"}
+    assert pick["all"] == names
+    with pytest.raises(ValueError, match="unknown feature set"):
+        feature_columns(names, "everything")
 
 
 # ------------------------------------------------------------------------------------------ predictors
@@ -422,6 +488,15 @@ def test_every_predictor_recovers_a_known_relation(name):
         ZooPredictor("svm")
 
 
+@pytest.mark.parametrize("name", ZOO_PREDICTORS)
+def test_shuffled_targets_give_no_held_out_r2(name):
+    """The permutation check: the same features with the targets shuffled give held-out R² <= 0.1."""
+    x, seqs, y = _synthetic_zoo()
+    shuffled = np.random.default_rng(3).permutation(y)
+    model = ZooPredictor(name, random_state=0, rnn_epochs=30).fit(x[:300], seqs[:300], shuffled[:300])
+    assert r2_score(shuffled[300:], model.predict(x[300:], seqs[300:])) <= 0.1
+
+
 def test_the_rnn_reads_the_layer_sequence():
     """The target lives only in the sequences (their last step): the global features are pure noise."""
     rng = np.random.default_rng(2)
@@ -437,98 +512,136 @@ def test_the_rnn_reads_the_layer_sequence():
 # ------------------------------------------------------------------------------------------ steps
 
 def _tiny_cfg(**fit):
-    return gap_zoo.load_gap_zoo_config_file(TINY) if not fit else dataclasses.replace(
-        gap_zoo.load_gap_zoo_config_file(TINY), fit=dataclasses.replace(gap_zoo.load_gap_zoo_config_file(TINY).fit,
-                                                                        **fit))
+    cfg = gap_zoo_config.load_gap_zoo_config_file(TINY)
+    return dataclasses.replace(cfg, fit=dataclasses.replace(cfg.fit, **fit)) if fit else cfg
 
 
 @pytest.fixture(scope="module")
 def tiny_rows():
     cfg = _tiny_cfg()
-    shards = gap_zoo.shard_plan(cfg.zoo)
-    return gap_zoo.merge_shards([gap_zoo.run_shard(cfg.zoo, s, seed=0).rows for s in shards])
+    shards = train_shard.shard_plan(cfg.zoo)
+    return fit_predictors.merge_shards([train_shard.run(cfg.zoo, s, seed=0).rows for s in shards])
 
 
 def test_shard_plan_covers_every_task_once():
-    cfg = gap_zoo.load_gap_zoo_config({"zoo": {"n_tasks": 7, "tasks_per_shard": 3}})
-    plan = gap_zoo.shard_plan(cfg.zoo)
+    cfg = gap_zoo_config.load_gap_zoo_config({"zoo": {"n_tasks": 7, "tasks_per_shard": 3}})
+    plan = train_shard.shard_plan(cfg.zoo)
     assert plan == [[0, 1, 2], [3, 4, 5], [6]]
     with pytest.raises(ValueError, match="outside"):
-        gap_zoo.run_shard(cfg.zoo, [7], seed=0)
+        train_shard.run(cfg.zoo, [7], seed=0)
 
 
 def test_run_shard_is_deterministic_and_ids_are_unique(tiny_rows):
     cfg = _tiny_cfg()
     assert cfg.fit.min_networks <= len(tiny_rows) <= cfg.zoo.n_networks
-    first = gap_zoo.run_shard(cfg.zoo, gap_zoo.shard_plan(cfg.zoo)[0], seed=0).rows
-    assert first == [r for r in tiny_rows if r["task_index"] in gap_zoo.shard_plan(cfg.zoo)[0]]
+    first = train_shard.run(cfg.zoo, train_shard.shard_plan(cfg.zoo)[0], seed=0).rows
+    assert first == [r for r in tiny_rows if r["task_index"] in train_shard.shard_plan(cfg.zoo)[0]]
     assert len({r["network_id"] for r in tiny_rows}) == len(tiny_rows)
     assert len({r["family"] for r in tiny_rows}) >= 2
     with pytest.raises(ValueError, match="same network id"):
-        gap_zoo.merge_shards([first, first])
+        fit_predictors.merge_shards([first, first])
 
 
-def test_fit_scores_every_predictor_on_every_split(tiny_rows):
+def _assert_plain(value, where="artifact"):
+    """Numbers, strings, bytes, None, lists/tuples/dicts of them and numpy arrays: nothing of this repository."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _assert_plain(k, where)
+            _assert_plain(v, f"{where}[{k!r}]")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _assert_plain(v, f"{where}[{i}]")
+    else:
+        assert value is None or isinstance(value, (bool, int, float, str, bytes, np.ndarray, np.generic)), \
+            f"{where} is a {type(value)}"
+
+
+def test_fit_scores_every_predictor_on_every_split_and_ablates(tiny_rows):
     cfg = _tiny_cfg()
-    result = gap_zoo.fit(cfg.fit, tiny_rows, seed=0)
+    result = fit_predictors.run(cfg.fit, tiny_rows, seed=0)
     assert {(r["split"], r["predictor"]) for r in result.r2_table} == {(s, p) for s in SPLITS for p in ZOO_PREDICTORS}
     for r in result.r2_table:
         assert math.isfinite(r["r2"]) and r["r2_low"] <= r["r2_high"]
         assert -1 <= r["kendall_tau"] <= 1 or math.isnan(r["kendall_tau"])   # NaN: a constant prediction
-    fitted = pickle.loads(result.predictors)
-    x, names, seqs = gap_zoo.zoo_inputs(tiny_rows, result.feature_names)
+        assert r["within_family_r2"] <= 1 and 0 <= r["ranking_information"] <= 1 + 1e-9
+    assert {(r["split"], r["feature_set"], r["predictor"]) for r in result.ablation} == \
+        {(s, fs, "linear") for s in cfg.fit.ablation_splits for fs in FEATURE_SETS}
+    main = {(r["split"], r["predictor"]): r["r2"] for r in result.r2_table}
+    for r in result.ablation:                       # the "all" set is the main table's fit
+        if r["feature_set"] == "all":
+            assert r["r2"] == main[(r["split"], r["predictor"])]
+    assert [r["predictor"] for r in result.permutation_check] == ["linear"]
+    assert set(fit_predictors.out_of_distribution_summary(result.r2_table)) == set(OUT_OF_DISTRIBUTION_SPLITS)
+    fitted = load_predictors(result.predictors)
+    x, names, seqs = fit_predictors.zoo_inputs(tiny_rows, result.feature_names)
     assert set(fitted) == set(ZOO_PREDICTORS) and names == result.feature_names
     for model in fitted.values():
         assert np.isfinite(model.predict(x, seqs)).all()
-    comparison = gap_zoo.compare_to_yak(result.r2_table)
-    assert set(comparison) == {"task_family", "hparam_extremes"}
-    assert comparison["task_family"]["yak_r2"] == 0.965 and comparison["hparam_extremes"]["yak_r2"] == 0.584
-    assert comparison["hparam_extremes"]["goal_met"] == (comparison["hparam_extremes"]["best_r2"] > 0.584)
+    for field in dataclasses.fields(result):
+        _assert_plain(getattr(result, field.name), field.name)
+    _assert_plain(tiny_rows, "rows")
+
+
+def test_predictors_pickled_before_the_split_still_load(tiny_rows):
+    """Old runs pickled ZooPredictor under libs.gap_predictors; load_predictors maps it to libs.spiral_predictors."""
+    model = ZooPredictor("linear", 0).fit(*fit_predictors.zoo_inputs(tiny_rows)[::2],
+                                           np.array([r["gap"] for r in tiny_rows]))
+    # protocol 2 names classes as "module\nname\n" text, so the module can be renamed in the bytes
+    blob = pickle.dumps({"linear": model}, protocol=2).replace(b"libs.spiral_predictors\n", b"libs.gap_predictors\n")
+    with pytest.raises((AttributeError, ModuleNotFoundError)):
+        pickle.loads(blob)
+    assert isinstance(load_predictors(blob)["linear"], ZooPredictor)
 
 
 def test_fit_in_parallel_gives_the_same_table(tiny_rows):
-    serial = gap_zoo.fit(_tiny_cfg(splits=("random", "architecture"), predictors=("linear", "rnn")).fit, tiny_rows,
-                         seed=1)
-    parallel = gap_zoo.fit(_tiny_cfg(splits=("random", "architecture"), predictors=("linear", "rnn"), n_jobs=2).fit,
-                           tiny_rows, seed=1)
-    assert serial.r2_table == parallel.r2_table
+    few = dict(splits=("random", "architecture"), predictors=("linear", "rnn"), ablation_sets=("jiang",),
+               ablation_splits=("random",))
+    serial = fit_predictors.run(_tiny_cfg(**few).fit, tiny_rows, seed=1)
+    parallel = fit_predictors.run(_tiny_cfg(**few, n_jobs=2).fit, tiny_rows, seed=1)
+    assert serial.r2_table == parallel.r2_table and serial.ablation == parallel.ablation
 
 
 def test_fit_rejects_a_zoo_too_small_and_nan_features(tiny_rows):
     cfg = _tiny_cfg()
     with pytest.raises(ValueError, match="fewer than fit.min_networks"):
-        gap_zoo.fit(cfg.fit, tiny_rows[:cfg.fit.min_networks - 1], seed=0)
+        fit_predictors.run(cfg.fit, tiny_rows[:cfg.fit.min_networks - 1], seed=0)
     broken = [dict(r) for r in tiny_rows]
     broken[3] = dict(broken[3], features=dict(broken[3]["features"], log_weight_norm=float("nan")))
     with pytest.raises(ValueError, match="log_weight_norm.*must be finite"):
-        gap_zoo.fit(cfg.fit, broken, seed=0)
+        fit_predictors.run(cfg.fit, broken, seed=0)
     broken = [dict(r) for r in tiny_rows]
     broken[0] = dict(broken[0], gap=float("nan"))
     with pytest.raises(ValueError, match="not finite"):
-        gap_zoo.fit(cfg.fit, broken, seed=0)
+        fit_predictors.run(cfg.fit, broken, seed=0)
 
 
 def test_config_errors_name_the_key():
-    with pytest.raises(gap_zoo.ConfigError, match="fit.splits"):
-        gap_zoo.load_gap_zoo_config({"fit": {"splits": ["random", "by_colour"]}}, source="x.toml")
-    with pytest.raises(gap_zoo.ConfigError, match="zoo.widths is empty"):
-        gap_zoo.load_gap_zoo_config({"zoo": {"widths": []}}, source="x.toml")
-    with pytest.raises(gap_zoo.ConfigError, match="unknown key 'zoo.depht'"):
-        gap_zoo.load_gap_zoo_config({"zoo": {"depht": [1]}}, source="x.toml")
+    with pytest.raises(gap_zoo_config.ConfigError, match="fit.splits"):
+        gap_zoo_config.load_gap_zoo_config({"fit": {"splits": ["random", "by_colour"]}}, source="x.toml")
+    with pytest.raises(gap_zoo_config.ConfigError, match="zoo.widths is empty"):
+        gap_zoo_config.load_gap_zoo_config({"zoo": {"widths": []}}, source="x.toml")
+    with pytest.raises(gap_zoo_config.ConfigError, match="unknown key 'zoo.depht'"):
+        gap_zoo_config.load_gap_zoo_config({"zoo": {"depht": [1]}}, source="x.toml")
+    with pytest.raises(gap_zoo_config.ConfigError, match="fit.ablation_sets"):
+        gap_zoo_config.load_gap_zoo_config({"fit": {"ablation_sets": ["margins"]}}, source="x.toml")
 
 
 def test_report_items_render_without_metaflow(tiny_rows):
     from libs.report import Figure, Markdown, Table
+    from libs.schema import to_dict
 
     cfg = _tiny_cfg(splits=("random", "task_family"), predictors=("linear", "gbm"))
-    result = gap_zoo.fit(cfg.fit, tiny_rows, seed=0)
-    items = gap_zoo.report(result)
-    assert isinstance(items[0], Markdown) and any(isinstance(i, Table) for i in items)
+    result = fit_predictors.run(cfg.fit, tiny_rows, seed=0)
+    items = fit_predictors.report(result)
+    assert isinstance(items[0], Markdown) and sum(isinstance(i, Table) for i in items) == 3   # table, ablation, check
     assert sum(isinstance(i, Figure) for i in items) == 3                     # 2 scatters + importances
-    summary = gap_zoo.report_summary(gap_zoo.compare_to_yak(result.r2_table), n_networks=len(tiny_rows),
+    assert "does not say which" in items[0].text and "goal" not in items[0].text.replace("no goal", "")
+    summary = fit_predictors.summary(result.r2_table, result.ablation, n_networks=len(tiny_rows),
                                      n_trained=len(tiny_rows), n_diverged=0, n_collapsed=0, train_seconds=1.0,
                                      fit_seconds=1.0)
-    assert "0.965" in summary[0].text and "task_family" in summary[0].text
+    assert "R^2=0.584" in summary[0].text and "task_family" in str(summary[1].rows)
+    start = gap_zoo_config.describe_run(to_dict(cfg), train_shard.shard_plan(cfg.zoo))
+    assert "32 networks" in start[0].text and ["zoo.n_tasks", "4"] in start[1].rows
 
 
 # ------------------------------------------------------------------------------------------ the flow
@@ -555,7 +668,7 @@ def test_gap_zoo_flow_end_to_end(tmp_path):
     run = Run(f"GapZooFlow/{run_id}")
     assert {s.id for s in run} == {"start", "train_shard", "fit_predictors", "end"}
     cfg = _tiny_cfg()
-    assert len(list(run["train_shard"])) == len(gap_zoo.shard_plan(cfg.zoo))
+    assert len(list(run["train_shard"])) == len(train_shard.shard_plan(cfg.zoo))
     for s in run:
         for task in s:
             cards = get_cards(task)
@@ -563,10 +676,15 @@ def test_gap_zoo_flow_end_to_end(tmp_path):
     d = run["fit_predictors"].task.data
     assert d.n_networks == len(d.zoo_rows) == d.n_trained - d.n_diverged
     assert {(r["split"], r["predictor"]) for r in d.r2_table} == {(s, p) for s in SPLITS for p in ZOO_PREDICTORS}
-    assert set(d.best) == set(SPLITS) and set(pickle.loads(d.predictors)) == set(ZOO_PREDICTORS)
-    assert "log_geometric_complexity" in d.feature_names
-    assert set(d.yak_comparison) == {"task_family", "hparam_extremes"}
+    assert set(d.best) == set(SPLITS) and set(load_predictors(d.predictors)) == set(ZOO_PREDICTORS)
+    assert "log_geometric_complexity" in d.feature_names and d.ablation and d.permutation_check
+    assert set(d.out_of_distribution) == set(OUT_OF_DISTRIBUTION_SPLITS)
     assert d.settings["zoo"]["n_tasks"] == cfg.zoo.n_tasks
+    for s in run:                                  # every artifact is plain data, none a class of this repository
+        for task in s:
+            for artifact in task:
+                if not artifact.id.startswith("_") and artifact.id != "name":
+                    _assert_plain(artifact.data, f"{s.id}.{artifact.id}")
 
 
 @pytest.mark.slow
@@ -595,5 +713,6 @@ def test_project_code_travels_with_the_flow(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     listed = out.stdout + out.stderr
     for path in ("libs/spiral.py", "libs/mlp_zoo.py", "libs/spiral_features.py", "libs/spiral_predictors.py",
-                 "steps/gap_zoo.py", "config/gap_zoo/default.toml", "config/gap_zoo/tiny.toml"):
+                 "steps/train_shard.py", "steps/fit_predictors.py", "steps/gap_zoo_config.py",
+                 "config/gap_zoo/default.toml", "config/gap_zoo/tiny.toml"):
         assert path in listed, f"`package list` lacks {path}"
