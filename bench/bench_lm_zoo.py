@@ -11,7 +11,8 @@ The rows are cached (``--rows``, gzipped JSON, keyed by the config) so a refit n
 
 What it prints: the zoo's size and cost; per predictor the leave-one-model-out R² (with a 95%
 bootstrap interval that resamples models, not rows) and Kendall τ; the feature ablation with the
-same predictor (covariates only: the simple baseline a user has without looking at weights; +
+same predictor (covariates only: the simple baseline a user has without looking at weights, also
+with every predictor; +
 training loss; margins and geometric complexity; weight norms; everything); the permutation
 check (gaps shuffled); and the goals (R² >= 0.8, τ >= 0.7 on >= 30 models).
 """
@@ -150,6 +151,10 @@ def score(cfg, rows: list[dict]) -> dict:
         ablation[predictor] = {label: {k: v for k, v in score_subset(rows, cols, predictor, seed=cfg.seed).items()
                                        if k in ("loo_model_r2", "kendall_tau")}
                                for label, cols in groups.items()}
+    # the simple baseline at equal cost, with every predictor: what parameters, epochs, parameters per token and
+    # learning rate alone give (a user knows them before training)
+    baseline = {p: {k: v for k, v in score_subset(rows, COVARIATES, p, seed=cfg.seed).items()
+                    if k in ("loo_model_r2", "kendall_tau")} for p in cfg.fit.predictors}
     best = fit.best or fit.chosen
     top = next(r for r in table if r["predictor"] == best)
     perm = {p: permutation_r2(rows, p, seed=cfg.seed) for p in dict.fromkeys([best, "linear"])}
@@ -158,7 +163,7 @@ def score(cfg, rows: list[dict]) -> dict:
             "gap_range": [float(gaps.min()), float(gaps.max())],
             "epochs_range": [float(min(r["features"]["epochs"] for r in rows)),
                              float(max(r["features"]["epochs"] for r in rows))],
-            "predictors": table, "ablation": ablation, "permutation_r2": perm,
+            "predictors": table, "covariates_only_baseline": baseline, "ablation": ablation, "permutation_r2": perm,
             "goals": {"models >= 30": fit.n_models >= 30, "R2 >= 0.8": top["loo_model_r2"] >= 0.8,
                       "tau >= 0.7": top["kendall_tau"] >= 0.7},
             "fit_seconds": time.perf_counter() - t0}

@@ -24,6 +24,7 @@ PREDICTORS = ("linear", "mlp", "gbm")
 
 def make_predictor(name: str, random_state: int = 0):
     """A fresh, unfitted scikit-learn regressor (a pipeline with standardisation)."""
+    from sklearn.compose import TransformedTargetRegressor
     from sklearn.ensemble import GradientBoostingRegressor
     from sklearn.linear_model import RidgeCV
     from sklearn.neural_network import MLPRegressor
@@ -32,9 +33,9 @@ def make_predictor(name: str, random_state: int = 0):
 
     if name == "linear":
         return make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13)))
-    if name == "mlp":
-        return make_pipeline(StandardScaler(), MLPRegressor(hidden_layer_sizes=(32, 32), alpha=1e-2, max_iter=3000,
-                                                            random_state=random_state))
+    if name == "mlp":   # the target standardised too: gaps of ~0.01-0.2 otherwise leave the MLP badly scaled
+        mlp = MLPRegressor(hidden_layer_sizes=(32, 32), alpha=1e-2, max_iter=2000, random_state=random_state)
+        return make_pipeline(StandardScaler(), TransformedTargetRegressor(regressor=mlp, transformer=StandardScaler()))
     if name == "gbm":
         return GradientBoostingRegressor(n_estimators=200, max_depth=3, learning_rate=0.05, subsample=0.8,
                                          random_state=random_state)

@@ -28,6 +28,7 @@ import numpy as np
 from libs.gap_predictors import PREDICTORS, fit_gap_predictors, predict_with_interval
 from libs.report import Figure, Markdown, Table
 from libs.schema import option
+from steps.fit_zoo import COVARIATES, score_subset
 
 __all__ = ["GapConfig", "GapResult", "run", "report", "select_earlier_runs", "dedup_rows", "verdict_of"]
 
@@ -75,6 +76,7 @@ class GapResult:
     zoo_predicted: list[float]
     sources: list[dict]                # the runs whose rows were used: flow, run_id, rows, models, role
     excluded: list[dict]               # runs looked at and left out, with the reason
+    baseline: dict                     # the chosen predictor on the covariates alone (steps.fit_zoo.COVARIATES)
 
 
 def select_earlier_runs(candidates: list[dict], *, this_run_id: str, this_created_at: datetime,
@@ -169,11 +171,14 @@ def run(cfg: GapConfig, *, zoo_rows: list[dict], targets: dict[str, dict], seed:
         mine = source_rows.get(str(s["run_id"]), [])
         used.append(dict(s, rows=len(mine), models=len({r["key"] for r in mine})))
     oof = fit.oof.get(fit.chosen, np.full(len(fit.y), np.nan))
+    baseline = {"predictor": fit.chosen, "loo_model_r2": float("nan"), "kendall_tau": float("nan")}
+    if fit.n_models >= 2 and all(c in fit.names for c in COVARIATES):
+        baseline = score_subset(rows, COVARIATES, fit.chosen, seed=seed)
     return GapResult(predictors=pickle.dumps(fit.fitted), feature_names=fit.names, r2_table=fit.table,
                      best_predictor=fit.best or "", chosen_predictor=fit.chosen, predictions=predictions,
                      n_zoo_rows=len(rows), n_zoo_models=fit.n_models, n_duplicate_rows=n_dup,
                      zoo_gaps=fit.y.tolist(), zoo_predicted=[float(v) for v in oof], sources=used,
-                     excluded=list(excluded or []))
+                     excluded=list(excluded or []), baseline=baseline)
 
 
 def report(result: GapResult) -> list:
@@ -209,8 +214,10 @@ def report(result: GapResult) -> list:
               [[s.get("flow", ""), s["run_id"], s.get("role", ""), s["rows"], s["models"]] for s in result.sources],
               title="Runs whose rows were used"),
         Table(["predictor", "leave-one-model-out R²", "Kendall τ"],
-              [[r["predictor"], f"{r['loo_model_r2']:.3f}", f"{r['kendall_tau']:.3f}"] for r in result.r2_table],
-              title="Predictors"),
+              [[r["predictor"], f"{r['loo_model_r2']:.3f}", f"{r['kendall_tau']:.3f}"] for r in result.r2_table]
+              + [[f"{result.baseline['predictor']} on covariates only (baseline)",
+                  f"{result.baseline['loo_model_r2']:.3f}", f"{result.baseline['kendall_tau']:.3f}"]],
+              title="Predictors (the baseline: parameters, epochs, parameters per token, learning rate alone)"),
         Table(["arm", "predicted gap", "interval", "measured gap", "|error| / measured", "extrapolation"],
               [[arm, f"{p['predicted']:.4f}", f"[{p['low']:.4f}, {p['high']:.4f}]", f"{p['measured']:.4f}",
                 f"{p['rel_error']:.0%}", "; ".join(p["extrapolation_reasons"]) or "no"]
