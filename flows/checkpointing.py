@@ -158,6 +158,10 @@ class CheckpointSession:
             except (CheckpointError, FileNotFoundError) as err:
                 _say(f"{self.label}: not uploading {folder_path.name}: {err}")   # pruned or half-written
                 return
+            except Exception as err:  # noqa: BLE001  (storage hiccup: training goes on, the next sync retries)
+                _say(f"WARNING: {self.label}: uploading {folder_path} to the datastore failed ({err!r}); "
+                     "retrying at the next checkpoint and when the step ends")
+                return
             self._uploaded[folder_path.name] = ref.to_dict() if hasattr(ref, "to_dict") else dict(ref)
             self._mirror_pruning()
 
@@ -243,7 +247,10 @@ def datastore_checkpoints(step_name, flow, inputs=None):
     try:
         yield
     except BaseException:
-        _active.close(succeeded=False)
+        try:
+            _active.close(succeeded=False)      # upload what the failed attempt saved, for @retry and resume
+        except Exception as err:  # noqa: BLE001  (never hide the step's own error)
+            _say(f"WARNING: {label}: could not upload the last checkpoints ({err!r})")
         _active = None
         raise
     _active.close(succeeded=True)

@@ -1,8 +1,7 @@
 """GrowthFlow end to end through Metaflow's Runner on config/tiny.toml, in a temporary datastore.
 
-One successful run is shared by the artifact checks; a second run crashes train_large
-part-way (a test-only switch) and is resumed; bad inputs fail with clear errors and leave
-the successful run's artifacts intact.
+One successful run is shared by the artifact checks; bad inputs fail with clear errors and
+leave the successful run's artifacts intact. Resume and @retry from checkpoints: tests/test_resume.py.
 """
 
 import os
@@ -168,32 +167,6 @@ def test_same_seed_same_selection_and_metrics(tiny_run, datastore):
     np.testing.assert_array_equal(_data(again, "select_data").selection_indices,
                                   _data(tiny_run, "select_data").selection_indices)
     assert _data(again, "join_large").large_final_val_loss == _data(tiny_run, "join_large").large_final_val_loss
-
-
-def test_resume_continues_train_large_from_its_checkpoint(tiny_run, datastore, tmp_path):
-    from metaflow import Run, Runner
-
-    uninterrupted = _data(tiny_run, "join_large").large_final_val_loss["grown"]   # before the client moves
-    env = _env(tmp_path, GROWTHFLOW_FAIL_AT_STEP="grown:12")
-    with Runner(FLOW, show_output=False, env=env, cwd=str(tmp_path), config=[("config", TINY)]).run() as running:
-        assert running.status == "failed"
-        assert "injected failure at step 12" in running.stdout + running.stderr
-        origin_id = running.run.id
-    with Runner(FLOW, show_output=False, env=_env(tmp_path), cwd=str(tmp_path)).resume(
-            origin_run_id=origin_id) as resumed:
-        assert resumed.status == "successful", resumed.stderr[-5000:]
-        resumed_id = resumed.run.id
-    _client(tmp_path)
-    origin, run = Run(f"GrowthFlow/{origin_id}"), Run(f"GrowthFlow/{resumed_id}")
-    for step in ("start", "prepare", "embed", "select_data", "join_small", "grow"):
-        assert run[step].task.origin_pathspec == origin[step].task.pathspec, f"{step} was not cloned"
-    large = {t.data.large_result.arm: t.data.large_result for t in run["train_large"]}
-    assert large["grown"].resumed_from_step == 10       # tiny.toml checkpoints every 10 steps
-    assert large["scratch"].resumed_from_step == 0
-    # the resumed run's results equal an uninterrupted run's
-    resumed_loss = run["join_large"].task.data.large_final_val_loss["grown"]
-    _client(datastore)                                   # the other tests read the shared run's datastore
-    np.testing.assert_allclose(resumed_loss, uninterrupted, rtol=1e-5)
 
 
 def _run_cli(args, datastore, **env):
