@@ -153,7 +153,9 @@ class GrowthFlow(FlowSpec):
                                                            self.selection_weights, self.selection_assignment)
         result = pretrain_small.run(cfg.pretrain_small, spec, data=TokenData.from_attrs(self), indices=indices,
                                     weights=weights, seed=cfg.seed + 1000 * index,
-                                    on_eval=LiveLossCard(f"small model {spec.name}"))
+                                    on_eval=LiveLossCard(f"small model {spec.name}"),
+                                    train_eval_rows=cfg.predict_gap.train_eval_rows,
+                                    feature_rows=cfg.predict_gap.feature_rows)
         self.small_model = _plain(result)
         render(pretrain_small.report(result))
         self.next(self.join_small)
@@ -216,12 +218,18 @@ class GrowthFlow(FlowSpec):
         arm = self.input
         data = TokenData.from_attrs(self)
         arm_cfg, init_files, init_flops = cfg.train_large, self.grown_model, 0.0
+        # the gap row counts the tokens an arm's initialization already trained on (as the LM zoo's epochs do)
+        gap = {"train_eval_rows": cfg.predict_gap.train_eval_rows, "feature_rows": cfg.predict_gap.feature_rows,
+               "tokens_before": 0.0}
         if arm == "grown":                          # the post-growth schedule (train_large.grown_schedule)
             arm_cfg = train_large.arm_config(cfg.train_large, arm, components_train=cfg.pretrain_small.train)
+            gap["tokens_before"] = float(sum(c[-1]["tokens"] for c in self.small_curves.values())
+                                         / len(self.small_curves))
         self.control_plan = None
         if arm == "control":                        # the first small model, trained on for equal total FLOPs
             first = self.small_model_names[0]
             init_files, init_flops = self.small_models[first], float(self.small_flops[first])
+            gap["tokens_before"] = float(self.small_curves[first][-1]["tokens"])
             self.control_plan = train_large.control_plan(cfg.train_large, grown_files=self.grown_model,
                                                          control_files=init_files, control_spent_flops=init_flops,
                                                          data=data, indices=self.selection_indices)
@@ -231,7 +239,7 @@ class GrowthFlow(FlowSpec):
                                  weights=self.selection_weights, seed=cfg.seed, init_flops=init_flops,
                                  checkpoint_dir=_checkpoint_dir(f"train_large/{arm}"), on_checkpoint=upload_checkpoint,
                                  on_eval=LiveLossCard(f"large model, {arm}"), on_step=_failure_injector(arm),
-                                 launch=_torchrun_launcher(cfg.train_large.nproc_per_node))
+                                 launch=_torchrun_launcher(cfg.train_large.nproc_per_node), gap=gap)
         self.large_arm = _plain(result)
         render(train_large.report(result))
         self.next(self.join_large)

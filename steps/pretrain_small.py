@@ -42,7 +42,6 @@ class PretrainSmallConfig:
     data: str = option("shared", "'shared': every small model trains on the whole selected subset (different "
                        "seeds); 'by_cluster': model i trains on the selected rows of clusters c with c % n == i",
                        choices=("shared", "by_cluster"))
-    gap_feature_rows: int = option(64, "training rows used to compute each checkpoint's gap features", min=8)
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -84,7 +83,7 @@ def subset_for_model(cfg: PretrainSmallConfig, model_index: int, indices: np.nda
 
 def run(cfg: PretrainSmallConfig, spec: ModelSpec, *, data: TokenData, indices: np.ndarray, weights: np.ndarray,
         seed: int, on_eval: Callable | None = None, checkpoint_dir: str | None = None,
-        progress: bool = True) -> PretrainSmallResult:
+        progress: bool = True, train_eval_rows: int = 256, feature_rows: int = 64) -> PretrainSmallResult:
     """Train the small model ``spec`` on the training rows ``indices`` of ``data`` weighted by ``weights``.
 
     Parameters
@@ -92,6 +91,8 @@ def run(cfg: PretrainSmallConfig, spec: ModelSpec, *, data: TokenData, indices: 
     data : the tokenized corpus (its vocabulary, sequence length and special tokens shape the model)
     indices : int (m,) selected training rows; weights : float (m,) their loss weights
     on_eval : called as ``on_eval(step, model, record)`` after each evaluation (live cards)
+    train_eval_rows, feature_rows : how every checkpoint's gap is measured (``predict_gap`` settings: the
+        same for every model of a run and of the LM zoo it is compared with)
     """
     from libs.gap_features import checkpoint_row, probe_for_selection  # heavy-ish import kept local
 
@@ -102,7 +103,7 @@ def run(cfg: PretrainSmallConfig, spec: ModelSpec, *, data: TokenData, indices: 
                         bos_token_id=data.bos_id, eos_token_id=data.eos_id)
     init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     tokens, lengths = data.train_rows(indices)
-    probe = probe_for_selection(data, indices)   # every validation row; the run's fixed training-evaluation rows
+    probe = probe_for_selection(data, indices, train_eval_rows=train_eval_rows, feature_rows=feature_rows)   # every validation row; the run's fixed training-evaluation rows
     gap_rows: list[dict] = []
 
     def record_eval(step: int, m, record: dict) -> None:

@@ -79,7 +79,6 @@ class TrainLargeConfig:
     grown_decay_fraction: float = option(1.0, "grown_schedule 'continue': the cosine decay spans this fraction "
                                          "of the steps after the warmup (LEMON's faster decay: < 1)",
                                          min=0.0, max=1.0, min_exclusive=True)
-    gap_feature_rows: int = option(64, "training rows used for the trained model's gap features", min=8)
     nproc_per_node: int = option(1, "processes (one per GPU) that train each arm data-parallel on one node, "
                                  "launched by metaflow-torchrun; 1 trains in the step's own process. "
                                  "train.batch_size is per process (global batch = batch_size x grad_accum x "
@@ -184,7 +183,7 @@ def run(cfg: TrainLargeConfig, arm: str, *, init_files: dict[str, bytes], data: 
         weights: np.ndarray, seed: int, init_flops: float = 0.0, checkpoint_dir: str | None = None,
         on_eval: Callable | None = None, on_step: Callable[[int], None] | None = None,
         on_checkpoint: Callable[[str], None] | None = None, progress: bool = True,
-        launch: Callable[..., None] | None = None) -> TrainLargeResult:
+        launch: Callable[..., None] | None = None, gap: dict | None = None) -> TrainLargeResult:
     """Train arm ``arm`` on the selected rows ``indices`` (loss weights ``weights``).
 
     ``init_files`` are the model files the arm starts from: the grown model for 'grown' and
@@ -196,25 +195,30 @@ def run(cfg: TrainLargeConfig, arm: str, *, init_files: dict[str, bytes], data: 
     (metaflow-torchrun's ``TorchrunSingleNodeMultiGPU().run``); ``on_eval`` and ``on_step``
     stay in this process and are not called then (the ranks honour the test-only
     ``GROWTHFLOW_FAIL_AT_STEP`` switch themselves).
+
+    ``gap`` says how the trained model's gap row is measured: ``train_eval_rows`` and
+    ``feature_rows`` (the run's ``predict_gap`` settings) and ``tokens_before``, the tokens its
+    initialization already trained on (a grown or control arm's pretraining), so its epochs count
+    them as the LM zoo's do.
     """
     if arm not in ARMS:
         raise ValueError(f"unknown arm {arm!r}; expected one of {ARMS}")
     if cfg.nproc_per_node > 1:
         return _run_data_parallel(cfg, arm, init_files=init_files, data=data, indices=indices, weights=weights,
                                   seed=seed, init_flops=init_flops, checkpoint_dir=checkpoint_dir, launch=launch,
-                                  progress=progress,
+                                  progress=progress, gap=gap,
                                   callbacks_dropped=[name for name, cb in (("on_eval", on_eval), ("on_step", on_step))
                                                      if cb is not None])
     return train_arm(cfg, arm, init_files=init_files, data=data, indices=indices, weights=weights, seed=seed,
                      init_flops=init_flops, checkpoint_dir=checkpoint_dir, on_eval=on_eval, on_step=on_step,
-                     on_checkpoint=on_checkpoint, progress=progress)
+                     on_checkpoint=on_checkpoint, progress=progress, gap=gap)
 
 
 def train_arm(cfg: TrainLargeConfig, arm: str, *, init_files: dict[str, bytes], data: TokenData,
               indices: np.ndarray, weights: np.ndarray, seed: int, init_flops: float = 0.0,
               checkpoint_dir: str | None = None, on_eval: Callable | None = None,
               on_step: Callable[[int], None] | None = None, on_checkpoint: Callable[[str], None] | None = None,
-              progress: bool = True) -> TrainLargeResult:
+              progress: bool = True, gap: dict | None = None) -> TrainLargeResult:
     """Train one arm in this process; a DDP rank when a torch.distributed process group is up."""
     from libs.gap_features import checkpoint_row, probe_for_selection
 
@@ -228,8 +232,12 @@ def train_arm(cfg: TrainLargeConfig, arm: str, *, init_files: dict[str, bytes], 
     result = train_model(model, tokens, lengths, data.val_tokens, data.val_lengths, cfg.train, seed=seed,
                          weights=weights, checkpoint_dir=checkpoint_dir, label=f"train_large[{arm}]", on_eval=on_eval,
                          on_step=on_step, progress=progress, **extra)
-    gap = checkpoint_row(model, probe_for_selection(data, indices), model_name=arm, step=result.steps_done,
-                         tokens_seen=result.n_tokens, lr=cfg.train.lr, init_state=init_state, seed=seed)
+    gap = dict(gap or {})
+    probe = probe_for_selection(data, indices, train_eval_rows=gap.get("train_eval_rows", 256),
+                                feature_rows=gap.get("feature_rows", 64))
+    gap = checkpoint_row(model, probe, model_name=arm, step=result.steps_done,
+                         tokens_seen=result.n_tokens + float(gap.get("tokens_before", 0.0)), lr=cfg.train.lr,
+                         init_state=init_state, seed=seed)
     features = gap["features"]   # gap["gap"]: validation loss on every validation row - the fixed subset's
     fpt = flops_per_token(model, data.seq_len)
     if _rank() == 0:
@@ -277,7 +285,8 @@ def resolve_backend(cfg: TrainLargeConfig) -> tuple[str, str, int]:
 
 def write_inputs(work_dir: str | Path, cfg: TrainLargeConfig, arm: str, *, init_files: dict[str, bytes],
                  data: TokenData, indices: np.ndarray, weights: np.ndarray, seed: int, init_flops: float,
-                 checkpoint_dir: str | None, backend: str, threads_per_rank: int | None, progress: bool) -> None:
+                 checkpoint_dir: str | None, backend: str, threads_per_rank: int | None, progress: bool,
+                 gap: dict | None = None) -> None:
     """Write everything a rank needs into ``work_dir`` as plain files (JSON, npz, safetensors): nothing pickled."""
     from libs.schema import to_dict
 
@@ -291,7 +300,8 @@ def write_inputs(work_dir: str | Path, cfg: TrainLargeConfig, arm: str, *, init_
               "vocab_size": int(data.vocab_size), "seq_len": int(data.seq_len), "bos_id": int(data.bos_id),
               "eos_id": int(data.eos_id),
               "checkpoint_dir": None if checkpoint_dir is None else os.path.abspath(checkpoint_dir),
-              "backend": backend, "threads_per_rank": threads_per_rank, "progress": bool(progress)}
+              "backend": backend, "threads_per_rank": threads_per_rank, "progress": bool(progress),
+              "gap": dict(gap or {})}
     (work_dir / "inputs.json").write_text(json.dumps(inputs, indent=1))
 
 
@@ -338,7 +348,7 @@ def read_result(work_dir: str | Path) -> TrainLargeResult:
 def _run_data_parallel(cfg: TrainLargeConfig, arm: str, *, init_files: dict[str, bytes], data: TokenData,
                        indices: np.ndarray, weights: np.ndarray, seed: int, init_flops: float,
                        checkpoint_dir: str | None, launch: Callable[..., None] | None, progress: bool,
-                       callbacks_dropped: list[str]) -> TrainLargeResult:
+                       callbacks_dropped: list[str], gap: dict | None = None) -> TrainLargeResult:
     import torch
 
     label = f"train_large[{arm}]"
@@ -366,7 +376,7 @@ def _run_data_parallel(cfg: TrainLargeConfig, arm: str, *, init_files: dict[str,
     with tempfile.TemporaryDirectory(prefix="train_large_ddp_") as work_dir:
         write_inputs(work_dir, cfg, arm, init_files=init_files, data=data, indices=indices, weights=weights,
                      seed=seed, init_flops=init_flops, checkpoint_dir=checkpoint_dir, backend=backend,
-                     threads_per_rank=threads, progress=progress)
+                     threads_per_rank=threads, progress=progress, gap=gap)
         launch(entrypoint=RANK_MODULE, nproc_per_node=n, entrypoint_args=["--work-dir", work_dir],
                torchrun_args=dict(TORCHRUN_ARGS))
         result = read_result(work_dir)

@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> None:
         result = train_arm(inputs["config"], inputs["arm"], init_files=inputs["init_files"], data=inputs["data"],
                            indices=inputs["indices"], weights=inputs["weights"], seed=inputs["seed"],
                            init_flops=inputs["init_flops"], checkpoint_dir=inputs["checkpoint_dir"],
-                           on_step=failure_injector(inputs["arm"]), progress=inputs["progress"] and rank == 0)
+                           on_step=failure_injector(inputs["arm"]), progress=inputs["progress"] and rank == 0,
+                           gap=inputs.get("gap"))
         if rank == 0:
             write_result(args.work_dir, result)
         dist.barrier()

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 V, L = 64, 33                      # vocabulary, row length (seq_len + 1)
 TRAIN = TrainConfig(steps=20, batch_size=8, lr=3e-3, warmup_steps=2, eval_every=10, eval_batches=0,
                     checkpoint_every=10, device="cpu")
-SINGLE = train_large.TrainLargeConfig(train=TRAIN, arms=("grown",), gap_feature_rows=8)
+SINGLE = train_large.TrainLargeConfig(train=TRAIN, arms=("grown",))
 DDP = dataclasses.replace(SINGLE, nproc_per_node=2, train=dataclasses.replace(TRAIN, batch_size=4))
 
 
@@ -265,10 +265,10 @@ def test_growth_flow_trains_train_large_on_two_processes(tmp_path):
     from metaflow import Run, Runner, metadata, namespace
 
     tiny = (ROOT / "config" / "tiny.toml").read_text()
-    assert "[train_large]\ngap_feature_rows = 16\n" in tiny
+    assert "[train_large]\ncontrol_warmup_steps = 0\n" in tiny
     config = tmp_path / "tiny_ddp.toml"
-    config.write_text(tiny.replace("[train_large]\ngap_feature_rows = 16\n",
-                                   "[train_large]\ngap_feature_rows = 16\nnproc_per_node = 2\n"))
+    config.write_text(tiny.replace("[train_large]\ncontrol_warmup_steps = 0\n",
+                                   "[train_large]\ncontrol_warmup_steps = 0\nnproc_per_node = 2\n"))
     env = {"USER": "test", "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(tmp_path), "HF_HUB_OFFLINE": "1",
            "PYTHONUNBUFFERED": "1"}
     with Runner(str(ROOT / "flows" / "growth_flow.py"), show_output=False, env=env, cwd=str(tmp_path),
