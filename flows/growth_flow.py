@@ -277,16 +277,13 @@ class GrowthFlow(FlowSpec):
         from steps import predict_gap
         from flow_cards import render
 
-        from libs.fingerprint import settings_fingerprint
         from libs.gap_features import measurement_fingerprint
         from zoo_client import gap_zoo_inputs
 
         cfg = _settings(self)
         self.measurement_fingerprint = measurement_fingerprint(cfg.predict_gap.train_eval_rows,
                                                                cfg.predict_gap.feature_rows)
-        # de-duplication key of this run's models: everything that shapes their rows (not predict_gap, resources)
-        config_key = settings_fingerprint({k: v for k, v in self.settings.items() if k not in ("predict_gap", "resources")})
-        self.gap_own_rows = [dict(r, key=f"{config_key}:{r['model']}") for r in self.gap_zoo_rows]
+        self.gap_own_rows = predict_gap.own_rows(self.settings, self.gap_zoo_rows)
         rows, sources, excluded = gap_zoo_inputs(cfg.predict_gap, flow_name=current.flow_name, run_id=current.run_id,
                                                  own_rows=self.gap_own_rows, data_fingerprint=self.data_fingerprint,
                                                  measurement_fingerprint=self.measurement_fingerprint)

@@ -112,6 +112,19 @@ def select_earlier_runs(candidates: list[dict], *, this_run_id: str, this_create
     return kept, excluded
 
 
+def own_rows(settings: dict, rows: list[dict]) -> list[dict]:
+    """This run's zoo rows, keyed for de-duplication across runs by everything that shaped them.
+
+    The key is the fingerprint of the run's settings without ``predict_gap`` and ``resources``
+    (they change neither the models nor their rows), seed included, plus the model name: an
+    identical earlier run (same config, same seed) yields the same keys and is dropped once.
+    """
+    from libs.fingerprint import settings_fingerprint
+
+    config_key = settings_fingerprint({k: v for k, v in settings.items() if k not in ("predict_gap", "resources")})
+    return [dict(r, key=f"{config_key}:{r['model']}") for r in rows]
+
+
 def dedup_rows(rows: list[dict]) -> tuple[list[dict], int]:
     """Keep each model key's rows from the first source that has it; returns (rows, rows dropped).
 

@@ -157,3 +157,19 @@ def test_grown_arm_schedule_never_exceeds_the_peaks():
     restart = dataclasses.replace(cfg, grown_schedule="restart")
     assert train_large.arm_config(restart, "grown", components_train=components).train == cfg.train
     assert train_large.arm_config(cfg, "scratch", components_train=components).train == cfg.train
+
+
+def test_gap_rows_keyed_by_what_shaped_them():
+    """Identical config and seed give identical keys (an earlier duplicate run is dropped once); predict_gap and
+    resources settings do not change the key; another seed does."""
+    from steps import predict_gap
+
+    settings = {"seed": 0, "prepare": {"vocab_size": 512}, "predict_gap": {"predictors": ["linear"]},
+                "resources": {"embed": {"cpu": 4}}}
+    rows = [{"model": "small_a", "gap": 0.1}]
+    key = predict_gap.own_rows(settings, rows)[0]["key"]
+    assert key.endswith(":small_a")
+    other_gap = {**settings, "predict_gap": {"predictors": ["gbm"]}, "resources": {}}
+    assert predict_gap.own_rows(other_gap, rows)[0]["key"] == key
+    assert predict_gap.own_rows({**settings, "seed": 1}, rows)[0]["key"] != key
+    assert predict_gap.own_rows(settings, rows)[0]["gap"] == 0.1 and "key" not in rows[0]
