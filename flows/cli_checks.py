@@ -277,8 +277,9 @@ def _card_get(top, args, flow_name, argv: list[str]) -> list[str]:
     if len(main) != 1:
         raise CommandLineError(f"{task.pathspec} has {len(cards)} cards ({', '.join(map(str, ids))}); choose one "
                                f"with {others}")
-    print(f"{flow_name}: {task.pathspec} has {len(cards)} cards: writing the main card; {others} selects the "
-          "other", file=sys.stderr)
+    n_others = len(cards) - 1
+    print(f"{flow_name}: {task.pathspec} has {len(cards)} cards: writing the main card; {others} "
+          + ("selects the other" if n_others == 1 else "select the others"), file=sys.stderr)
     at = argv.index("get", len(argv) - len(args) - 1)
     return argv[:at + 1] + ["--hash", main[0].hash] + argv[at + 1:]
 

@@ -21,9 +21,12 @@ FLOW = str(ROOT / "flows" / "growth_flow.py")
 TINY = ROOT / "config" / "tiny.toml"
 
 
+# Commands start in their datastore folder: Metaflow 2.19.39 writes local cards under the first `.metaflow` found
+# from the working directory up, and the Client reads them from the datastore root + `mf.cards` (see
+# tests/test_growth_flow.py); starting there makes the two the same place.
 def _env(datastore: Path) -> dict:
-    return {**os.environ, "USER": "test", "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(datastore), "HF_HUB_OFFLINE": "1",
-            "METAFLOW_CARD_LOCALROOT": str(datastore / ".metaflow" / "mf.cards")}
+    env = {k: v for k, v in os.environ.items() if k != "METAFLOW_CARD_LOCALROOT"}
+    return {**env, "USER": "test", "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(datastore), "HF_HUB_OFFLINE": "1"}
 
 
 def _cli(args: list[str], datastore: Path, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -113,7 +116,7 @@ def tiny_run(datastore):
 
     namespace(None)                  # the Client in this process needs no user name of its own
     env = {k: v for k, v in _env(datastore).items() if k in ("USER", "METAFLOW_DATASTORE_SYSROOT_LOCAL",
-                                                              "HF_HUB_OFFLINE", "METAFLOW_CARD_LOCALROOT")}
+                                                              "HF_HUB_OFFLINE")}
     with Runner(FLOW, show_output=False, env=env, cwd=str(datastore), config=[("config", str(TINY))]).run() as running:
         assert running.status == "successful", (running.stdout + running.stderr)[-5000:]
         return running.run.id
