@@ -69,3 +69,11 @@ def test_readme_documents_every_gap_zoo_key():
     assert gap_zoo_reference_markdown() in readme, "regenerate the table: python -m steps.gap_zoo_config"
     for row in describe(GapZooConfig):
         assert f"`{row['key']}`" in readme
+
+
+def test_readme_documents_every_lm_zoo_key():
+    from libs.schema import reference_markdown
+    from steps.lm_zoo_config import LMZooConfig
+
+    readme = (ROOT / "README.md").read_text()
+    assert reference_markdown(LMZooConfig) in readme, "regenerate the table: python -m steps.lm_zoo_config"
