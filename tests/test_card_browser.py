@@ -155,19 +155,19 @@ def _key_figures(task) -> list[str]:
     if step == "select_data":
         return [f"Selected {len(d.selection_indices)} of {len(d.train_tokens)}", "Estimate check"]
     if step == "pretrain_small":
-        r = d.small_result
-        return [f"Small model {r.name}", f"Final validation loss {r.final_val_loss:.4f}"]
+        r = d.small_model                                   # a plain dict artifact
+        return [f"Small model {r['name']}", f"Final validation loss {r['final_val_loss']:.4f}"]
     if step == "join_small":
         return [f"{len(d.small_models)} small models pretrained"] + \
                [f"{name} {loss:.4f}" for name, loss in d.small_final_val_loss.items()]
     if step == "grow":
         return [f"max |Δlogit| = {d.grow_preservation['max_abs_dlogit']:.3e}"]
     if step == "train_large":
-        r = d.large_result
-        return [f"Large model, arm {r.arm}", f"Final validation loss {r.final_val_loss:.4f}"]
+        r = d.large_arm                                     # a plain dict artifact
+        return [f"Large model, arm {r['arm']}", f"Final validation loss {r['final_val_loss']:.4f}"]
     if step == "join_large":
         finals = d.large_final_val_loss
-        return (["Grown vs scratch", f"scratch's final validation loss {finals['scratch']:.4f}"]
+        return (["Did growing pay?", "Capacity check"]
                 + [f"{arm} {loss:.4g}" for arm, loss in finals.items()])
     if step == "predict_gap":
         return ["Generalization gap"] + [f"predicted {p['predicted']:.4f}" for p in d.gap_predictions.values()]
@@ -180,8 +180,8 @@ def _key_figures(task) -> list[str]:
 def _live_figures(task) -> list[str]:
     """The live loss card's final state: the last evaluation of the step's curve."""
     d = task.data
-    result = d.small_result if task.parent.id == "pretrain_small" else d.large_result
-    last = result.curve[-1]
+    result = d.small_model if task.parent.id == "pretrain_small" else d.large_arm
+    last = result["curve"][-1]
     return [f"(live): step {last['step']}, validation loss {last['val_loss']:.4f}"]
 
 
@@ -240,3 +240,79 @@ def _assert_not_blank(path: Path) -> None:
     pixels = matplotlib.image.imread(str(path))                     # (H, W, channels) floats in [0, 1]
     assert pixels.shape[:2] == (2000, 1280), pixels.shape
     assert pixels[..., :3].std() > 0.02, f"{path} looks blank"
+
+
+# ------------------------------------------------------------------------------------------------ markup in names
+# A run whose model names, config values and corpus file names carry HTML that runs script when a browser
+# interprets it. Each payload marks <body> (data-xss) if it ever runs; every card of the run is rendered in
+# Chromium and must show the payloads as text and never run them.
+
+MARKUP_MODEL_A = '<img src=x onerror="document.body.dataset.xss=1">'
+MARKUP_MODEL_B = '<details open ontoggle="document.body.dataset.xss=2">'
+MARKUP_DIR = '<svg onload="document.body.dataset.xss=3">'
+MARKUP_FILE = '<img src=y onerror="document.body.dataset.xss=4">.txt'
+MARKUP_FIELD = "[x](javascript:document.body.dataset.xss=5)"
+
+
+@pytest.fixture(scope="module")
+def markup_run(tmp_path_factory):
+    from metaflow import Run, Runner, metadata, namespace
+
+    root = tmp_path_factory.mktemp("markup")
+    corpus = root / MARKUP_DIR / MARKUP_FILE
+    corpus.parent.mkdir()
+    corpus.write_text("\n\n".join(f"Paragraph {i} of a user file whose name carries markup; it is plain text "
+                                  f"and long enough to be kept as a document of its own." for i in range(40)))
+    text = TINY.read_text()
+    for old, new in (('name = "small_a"', f"name = '{MARKUP_MODEL_A}'"), ('name = "small_b"', f"name = '{MARKUP_MODEL_B}'"),
+                     ('sources = ["shakespeare", "kjv", "stdlib"]',
+                      f'sources = ["shakespeare", "kjv", "stdlib"]\nfiles = [{str(corpus)!r}]\n'
+                      f'text_field = "{MARKUP_FIELD}"')):
+        assert old in text, f"config/tiny.toml changed: {old!r} not found"
+        text = text.replace(old, new, 1)
+    config = root / "markup.toml"
+    config.write_text(text)
+    datastore = root / "store"
+    datastore.mkdir()
+    # started in its datastore folder, without METAFLOW_CARD_LOCALROOT: the cards land where this process's
+    # Client (get_cards) reads them (see tests/test_growth_flow.py)
+    env = {"USER": "test", "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(datastore), "HF_HUB_OFFLINE": "1",
+           "PYTHONUNBUFFERED": "1"}
+    namespace(None)
+    with Runner(str(FLOW), show_output=False, env=env, cwd=str(datastore),
+                config=[("config", str(config))]).run() as running:
+        assert running.status == "successful", (running.stdout + running.stderr)[-5000:]
+        run_id = running.run.id
+    metadata(f"local@{datastore}")
+    return Run(f"GrowthFlow/{run_id}")
+
+
+def test_markup_in_names_and_config_shows_as_text_and_runs_nothing(markup_run, tmp_path):
+    from metaflow.cards import get_cards
+
+    from libs.report import WORD_JOINER
+
+    seen, n_cards = set(), 0
+    for step in markup_run:
+        for task in step:
+            cards = list(get_cards(task))
+            assert cards, f"{task.pathspec} has no card"
+            for card in cards:
+                n_cards += 1
+                page = tmp_path / f"{task.pathspec.replace('/', '_')}_{card.id or 'main'}.html"
+                page.write_text(card.get())
+                dom = _chromium(page.as_uri(), tmp_path / "profile", "--dump-dom")
+                body_tag = re.search(r"<body\b[^>]*>", dom).group(0)
+                assert "data-xss" not in body_tag, f"{task.pathspec} card {card.id}: a payload ran: {body_tag}"
+                markup = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S | re.I)
+                # no element carries a payload's event handler (the viewer's own icons and figures are fine)
+                live = re.search(r"<[a-z]+\b[^>]*\son(error|toggle|load)=", markup, re.I)
+                assert not live, f"{task.pathspec} card {card.id}: live markup {live.group(0)!r}"
+                assert not re.search(r"href=\"javascript:", markup, re.I), f"{task.pathspec} card {card.id}: link"
+                text = _visible(dom).replace(WORD_JOINER, "")
+                seen.update(p for p in (MARKUP_MODEL_A, MARKUP_MODEL_B, MARKUP_DIR, MARKUP_FIELD) if p in text)
+                if card.id == "live" and step.id == "pretrain_small":     # the live card's title names the model
+                    assert MARKUP_MODEL_A in text or MARKUP_MODEL_B in text, f"{task.pathspec}: live card lost the name"
+    assert n_cards >= len(STEPS) + 2
+    # the payloads did reach the cards (as text): the model names, the file's folder and the config value
+    assert seen == {MARKUP_MODEL_A, MARKUP_MODEL_B, MARKUP_DIR, MARKUP_FIELD}, seen
