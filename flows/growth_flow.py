@@ -16,6 +16,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from metaflow import Config, FlowSpec, Parameter, card, config_expr, current, resources, retry, step
 
+from cli_checks import clean_data_errors
 from config_source import config_parser, settings_of, validated_settings  # flows/ is the script's folder
 from project_code import ship_project_code
 from metaflow import checkpoint  # metaflow-checkpoint (requirements.txt): checkpoints in the datastore
@@ -69,8 +70,9 @@ class GrowthFlow(FlowSpec):
         from steps.config import describe_run
         from flow_cards import render
 
-        self.settings = validated_settings(GrowthConfig, self.config,
-                                           {"seed": self.seed, "select.budget": float(self.budget)})
+        with clean_data_errors():
+            self.settings = validated_settings(GrowthConfig, self.config,
+                                               {"seed": self.seed, "select.budget": float(self.budget)})
         render(describe_run(self.settings))
         self.next(self.prepare)
 
@@ -83,7 +85,8 @@ class GrowthFlow(FlowSpec):
         from flow_cards import render
 
         cfg = _settings(self)
-        result = prepare.run(cfg.prepare, seed=cfg.seed)
+        with clean_data_errors():                   # a data error is one line naming the file and the fix
+            result = prepare.run(cfg.prepare, seed=cfg.seed)
         self.documents = result.documents
         self.tokenizer_json = result.tokenizer_json
         self.train_tokens, self.train_lengths = result.train_tokens, result.train_lengths

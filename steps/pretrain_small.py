@@ -138,7 +138,7 @@ def report(result: PretrainSmallResult) -> list:
     ax.plot(steps, [r["train_eval_loss"] for r in result.curve], marker=".", label="training (eval mode)")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (nats/token)")
-    ax.set_title(f"{result.name}: loss curve")
+    ax.set_title(result.name.replace("$", r"\$") + ": loss curve")   # no matplotlib maths from a name
     ax.legend()
     fig.tight_layout()
     spec = result.spec

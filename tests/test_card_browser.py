@@ -193,6 +193,9 @@ def test_viewer_lists_every_steps_cards(finished_run, run_info, card_server, tmp
     for step in finished_run:
         for task in step:
             want = {None, "live"} if step.id in LIVE_STEPS else {None}
+            if step.id == "train_large":            # @checkpoint's own card (metaflow-checkpoint) may be there too
+                assert listed.get(task.pathspec) - {"task_checkpoints"} == want, f"{task.pathspec}: cards"
+                continue
             assert listed.get(task.pathspec) == want, f"{task.pathspec}: cards {listed.get(task.pathspec)}"
     assert {t.split("/")[2] for t in listed} == set(STEPS)
 
