@@ -167,10 +167,9 @@ def _key_figures(task) -> list[str]:
         return [f"Large model, arm {r['arm']}", f"Final validation loss {r['final_val_loss']:.4f}"]
     if step == "join_large":
         finals = d.large_final_val_loss
-        return (["Did growing pay?", "Capacity check"]
-                + [f"{arm} {loss:.4g}" for arm, loss in finals.items()])
+        return ["Did growing pay?", "Capacity check"] + [f"{arm}" for arm in finals]
     if step == "predict_gap":
-        return ["Generalization gap"] + [f"predicted {p['predicted']:.4f}" for p in d.gap_predictions.values()]
+        return ["Generalization gap"] + [arm for arm in d.gap_predictions]   # a number or "extrapolation" each
     if step == "end":
         return ["What this run measured",
                 f"Selected {len(d.selection_indices)} of {len(d.train_tokens)} training documents"]

@@ -224,7 +224,8 @@ print("artifacts read:", n)
 
 
 def test_every_artifact_opens_in_a_bare_environment(tiny_run, datastore, tmp_path_factory):
-    """Only metaflow, numpy and pandas installed, the repository nowhere on the path: every artifact of every
+    """Only metaflow, numpy and pandas (with pyarrow, pandas 3's string storage) installed, the repository nowhere
+    on the path: every artifact of every
     task of a run loads through the Client API (plain data, no project classes)."""
     import venv
 
@@ -234,9 +235,10 @@ def test_every_artifact_opens_in_a_bare_environment(tiny_run, datastore, tmp_pat
     pins = {}
     for line in (ROOT / "requirements.txt").read_text().splitlines():
         name, _, version = line.partition("==")
-        if name.strip() in ("metaflow", "numpy", "pandas"):
+        if name.strip() in ("metaflow", "numpy", "pandas", "pyarrow"):
             pins[name.strip()] = f"{name.strip()}=={version.strip()}"
-    assert len(pins) == 3, "requirements.txt must pin metaflow, numpy and pandas"
+    # pyarrow: pandas 3 stores string columns with it by default, so unpickling any DataFrame with text needs it
+    assert len(pins) == 4, "requirements.txt must pin metaflow, numpy, pandas and pyarrow"
     install = subprocess.run([python, "-m", "pip", "install", "--quiet", *pins.values()], capture_output=True,
                              text=True, timeout=600)
     assert install.returncode == 0, install.stderr[-3000:]

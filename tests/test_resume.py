@@ -31,7 +31,8 @@ pytestmark = pytest.mark.slow
 
 
 def _env(**extra) -> dict:
-    return {"USER": "test", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **extra}
+    # the runs' user is the test process's own (CI sets USER=ci): the Client reads the runs in that namespace
+    return {"USER": os.environ.get("USER") or "test", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **extra}
 
 
 def _client(root: Path):
