@@ -240,7 +240,7 @@ class GrowthFlow(FlowSpec):
                                              control_lr=cfg.pretrain_small.train.lr)
         result = train_large.run(arm_cfg, arm, init_files=init_files, data=data, indices=self.selection_indices,
                                  weights=self.selection_weights, seed=cfg.seed, init_flops=init_flops,
-                                 checkpoint_dir=_checkpoint_dir(f"train_large/{arm}"), on_checkpoint=upload_checkpoint,
+                                 checkpoint_dir=_checkpoint_dir(f"train_large/{arm}"),
                                  on_eval=LiveLossCard(f"large model, {arm}"), on_step=_failure_injector(arm),
                                  launch=_torchrun_launcher(cfg.train_large.nproc_per_node), gap=gap)
         self.large_arm = _plain(result)
