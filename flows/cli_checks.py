@@ -27,6 +27,7 @@ A refusal prints one line, ``<Flow>: <what is wrong>; <the fix>``, to stderr and
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -192,12 +193,26 @@ def _check_run(top, args, flow_name, config_cls, default_config, parameters) -> 
 
 # ------------------------------------------------------------------------------------------------ Client helpers
 
-def _client(top) -> None:
-    from metaflow import metadata, namespace
+@contextlib.contextmanager
+def _all_runs(top):
+    """The Client over every user's runs, for the checks only.
 
+    Metaflow's own command runs next in this same process, and the runtime hands its
+    namespace to every task (``--namespace``): left global here, a resumed task would run
+    in namespace '' and metaflow-checkpoint's ``Run(...)`` lookup of its own run fails with
+    "Object not in namespace ''". So the namespace is put back afterwards. (``--metadata``,
+    when given, is the one Metaflow's command uses too.)
+    """
+    from metaflow import get_namespace, metadata, namespace
+
+    before = get_namespace()
     if top.get("--metadata"):
         metadata(top["--metadata"][-1])
     namespace(None)
+    try:
+        yield
+    finally:
+        namespace(before)
 
 
 def _runs_line(runs) -> str:
@@ -217,13 +232,17 @@ def _where() -> str:
 # ------------------------------------------------------------------------------------------------ resume
 
 def _check_resume(top, args, flow_name) -> None:
-    from metaflow import Flow
-    from metaflow.exception import MetaflowNotFound
-
     options, positional = _options(args, _RESUME_FLAGS)
     origin = options.get("--origin-run-id")
     step = positional[0] if positional else None
-    _client(top)
+    with _all_runs(top):                          # every check reads the runs of every user
+        _check_origin(flow_name, origin, step)
+
+
+def _check_origin(flow_name, origin, step) -> None:
+    from metaflow import Flow
+    from metaflow.exception import MetaflowNotFound
+
     try:
         runs = list(Flow(flow_name).runs())
     except MetaflowNotFound:

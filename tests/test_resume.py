@@ -19,11 +19,6 @@ left in the datastore, and the cards and predict_gap's artifacts are where the C
 """
 
 import os
-import pytest as _pytest
-
-# Known open defect (issue 14/15): on this tree the resumed run's train_large fails with metaflow-checkpoint's
-# "Object not in namespace ''" while restoring the origin run's checkpoint; the next session fixes it.
-pytestmark = [_pytest.mark.xfail(reason="resume through @checkpoint fails: Object not in namespace ''", strict=False)]
 from pathlib import Path
 
 import pytest
