@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.flow_runs import run_flow
+
 # Before metaflow: Runner parses the config in this process (steps.config pulls in torch and transformers), and
 # importing those after metaflow's vendored typing_extensions fails under pytest (Netflix/metaflow#2462).
 import steps.config  # noqa: F401,E402
@@ -112,14 +114,12 @@ def datastore(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_run(datastore):
-    from metaflow import Runner, namespace
+    from metaflow import namespace
 
     namespace(None)                  # the Client in this process needs no user name of its own
     env = {k: v for k, v in _env(datastore).items() if k in ("USER", "METAFLOW_DATASTORE_SYSROOT_LOCAL",
                                                               "HF_HUB_OFFLINE")}
-    with Runner(FLOW, show_output=False, env=env, cwd=str(datastore), config=[("config", str(TINY))]).run() as running:
-        assert running.status == "successful", (running.stdout + running.stderr)[-5000:]
-        return running.run.id
+    return run_flow(env, datastore, config=TINY)
 
 
 def test_wrong_origin_run_id_names_the_id_and_the_runs_that_exist(tiny_run, datastore):
@@ -139,12 +139,19 @@ def test_resuming_a_successful_run_is_refused_unless_a_step_is_named(tiny_run, d
     out = _cli(["resume"], datastore)                              # the default origin: the latest run
     assert out.returncode == 1 and f"the latest run, {tiny_run}, finished successfully" in _one_line(out)
 
-    from metaflow import metadata
+    from metaflow import get_metadata, get_namespace, metadata, namespace
 
     from flows.cli_checks import check_command_line
     metadata(f"local@{datastore}")
+    namespace("user:someone")
     argv = ["growth_flow.py", "resume", "train_large", "--origin-run-id", tiny_run]
-    assert check_command_line(argv, "GrowthFlow", exit_on_error=False) == argv   # a named step: allowed as is
+    try:
+        assert check_command_line(argv, "GrowthFlow", exit_on_error=False) == argv   # a named step: allowed as is
+        # the check read every user's runs, but Metaflow's resume runs next in the same process and passes its
+        # namespace to every task: it must find the namespace it had (a global one broke @checkpoint's lookup)
+        assert get_namespace() == "user:someone" and get_metadata() == f"local@{datastore}"
+    finally:
+        namespace(None)
 
 
 def test_card_get_on_a_two_card_step_writes_the_main_card(tiny_run, datastore, tmp_path):
