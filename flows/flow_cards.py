@@ -50,22 +50,12 @@ class LiveLossCard:
         self._text = self._image = None
 
     def __call__(self, step, model, record) -> None:
-        import matplotlib
-        matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from libs.report import safe_markdown
+        from libs.report import loss_curve_figure, safe_markdown
 
         self.curve.append(dict(record))
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        steps = [r["step"] for r in self.curve]
-        ax.plot(steps, [r["val_loss"] for r in self.curve], marker="o", label="validation")
-        ax.plot(steps, [r["train_eval_loss"] for r in self.curve], marker=".", label="training")
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel("loss (nats/token)")
-        ax.set_title(self.title.replace("$", r"\$"))      # a '$' in a model name is text, not mathtext
-        ax.legend()
-        fig.tight_layout()
+        fig = loss_curve_figure(self.curve, self.title, train_label="training")
         text = safe_markdown(f"**{self.title}** (live): step {record['step']}, validation loss "
                              f"{record['val_loss']:.4f}, training loss {record['train_eval_loss']:.4f}, "
                              f"lr {record['lr']:.2e}")

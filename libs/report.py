@@ -19,7 +19,8 @@ import dataclasses
 import re
 from typing import Any, Sequence
 
-__all__ = ["Markdown", "Table", "Figure", "ReportItem", "safe_markdown", "code_span"]
+__all__ = ["Markdown", "Table", "Figure", "ReportItem", "safe_markdown", "code_span", "settings_card",
+           "loss_curve_figure"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +48,31 @@ class Figure:
 
 
 ReportItem = Markdown | Table | Figure
+
+
+def settings_card(heading: str, text: str, settings: Any) -> list[ReportItem]:
+    """A flow's start card: a heading, a paragraph and the validated settings, one row per key."""
+    from libs.schema import settings_rows
+
+    return [Markdown(f"## {heading}\n\n{text}"), Table(["key", "value"], settings_rows(settings), title="Settings")]
+
+
+def loss_curve_figure(curve: Sequence[dict], title: str, train_label: str = "training (eval mode)") -> Any:
+    """Validation and training loss against the optimizer step (records with ``step``, ``val_loss``, ``train_eval_loss``)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = [r["step"] for r in curve]
+    ax.plot(steps, [r["val_loss"] for r in curve], marker="o", label="validation")
+    ax.plot(steps, [r["train_eval_loss"] for r in curve], marker=".", label=train_label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(title.replace("$", r"\$"))      # a '$' in a model name is text, not matplotlib maths
+    ax.legend()
+    fig.tight_layout()
+    return fig
 
 
 # ----------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from libs.schema import ConfigError, load_toml, option, parse, reference_markdown, settings_rows, to_dict
+from libs.schema import ConfigError, load_toml, option, parse, reference_markdown, to_dict
 from steps.embed import EmbedConfig
 from steps.grow import GrowConfig
 from steps.predict_gap import GapConfig
@@ -77,11 +77,10 @@ def load_config_file(path: str | Path) -> GrowthConfig:
 
 def describe_run(settings: Mapping[str, Any]) -> list:
     """The start step's card: the validated settings, one row per key."""
-    from libs.report import Markdown, Table
+    from libs.report import settings_card
 
-    return [Markdown(f"## GrowthFlow run, seed {settings['seed']}\n\nThe configuration was validated before any "
-                     "work started; every key below is documented in the README's configuration table."),
-            Table(["key", "value"], settings_rows(settings), title="Settings")]
+    return settings_card(f"GrowthFlow run, seed {settings['seed']}", "The configuration was validated before any "
+                         "work started; every key below is documented in the README's configuration table.", settings)
 
 
 def config_reference_markdown() -> str:

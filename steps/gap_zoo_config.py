@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from libs.schema import ConfigError, load_toml, option, parse, reference_markdown, settings_rows
+from libs.schema import ConfigError, load_toml, option, parse, reference_markdown
 from steps.config import StepResources
 from steps.fit_predictors import FitConfig
 from steps.train_shard import ZooConfig
@@ -47,15 +47,15 @@ def load_gap_zoo_config_file(path: str | Path) -> GapZooConfig:
 
 def describe_run(settings: Mapping[str, Any], shards: list[list[int]]) -> list:
     """The start step's card: the zoo's size, its shards and every validated setting."""
-    from libs.report import Markdown, Table
+    from libs.report import settings_card
 
     zoo = settings["zoo"]
     n_networks = zoo["n_tasks"] * len(zoo["depths"]) * len(zoo["widths"]) * zoo["networks_per_architecture"]
-    return [Markdown(f"## GapZooFlow run, seed {settings['seed']}\n\n{n_networks} networks "
-                     f"({zoo['n_tasks']} spiral tasks x {len(zoo['depths'])} depths x {len(zoo['widths'])} widths "
-                     f"x {zoo['networks_per_architecture']} settings) in {len(shards)} shards of up to "
-                     f"{zoo['tasks_per_shard']} tasks. The configuration was validated before any work started."),
-            Table(["key", "value"], settings_rows(settings), title="Settings")]
+    return settings_card(f"GapZooFlow run, seed {settings['seed']}",
+                         f"{n_networks} networks ({zoo['n_tasks']} spiral tasks x {len(zoo['depths'])} depths x "
+                         f"{len(zoo['widths'])} widths x {zoo['networks_per_architecture']} settings) in {len(shards)} "
+                         f"shards of up to {zoo['tasks_per_shard']} tasks. The configuration was validated before any "
+                         "work started.", settings)
 
 
 def config_reference_markdown() -> str:

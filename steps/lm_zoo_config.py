@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from libs.gap_predictors import PREDICTORS
-from libs.schema import option, reference_markdown, settings_rows
+from libs.schema import option, reference_markdown
 from steps.prepare import PrepareConfig
 
 __all__ = ["ZooGridConfig", "ZooFitConfig", "ZooResources", "LMZooConfig", "describe_run", "config_reference_markdown"]
@@ -103,11 +103,10 @@ class LMZooConfig:
 
 def describe_run(settings: Mapping[str, Any], n_models: int) -> list:
     """The start step's card: the validated settings."""
-    from libs.report import Markdown, Table
+    from libs.report import settings_card
 
-    return [Markdown(f"## LM zoo run, seed {settings['seed']}: {n_models} models\n\nThe configuration was "
-                     "validated before any work started."),
-            Table(["key", "value"], settings_rows(settings), title="Settings")]
+    return settings_card(f"LM zoo run, seed {settings['seed']}: {n_models} models",
+                         "The configuration was validated before any work started.", settings)
 
 
 def config_reference_markdown() -> str:

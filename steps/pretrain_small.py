@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from libs.models import ModelSpec, build_model, count_parameters, flops_per_token, model_to_files
-from libs.report import Figure, Markdown, Table
+from libs.report import Figure, Markdown, Table, loss_curve_figure
 from libs.schema import option
 from libs.token_data import TokenData
 from libs.training import TrainConfig, train_model
@@ -128,19 +128,7 @@ def run(cfg: PretrainSmallConfig, spec: ModelSpec, *, data: TokenData, indices: 
 
 
 def report(result: PretrainSmallResult) -> list:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    steps = [r["step"] for r in result.curve]
-    ax.plot(steps, [r["val_loss"] for r in result.curve], marker="o", label="validation")
-    ax.plot(steps, [r["train_eval_loss"] for r in result.curve], marker=".", label="training (eval mode)")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (nats/token)")
-    ax.set_title(result.name.replace("$", r"\$") + ": loss curve")   # no matplotlib maths from a name
-    ax.legend()
-    fig.tight_layout()
+    fig = loss_curve_figure(result.curve, result.name + ": loss curve")
     spec = result.spec
     return [
         Markdown(f"## Small model `{result.name}`\n\nFinal validation loss **{result.final_val_loss:.4f}** "
