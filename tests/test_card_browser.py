@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.flow_runs import run_flow
+
 # Before metaflow: Runner parses the config in this process (steps.config pulls in torch and transformers), and
 # importing those after metaflow's vendored typing_extensions fails under pytest (Netflix/metaflow#2462).
 import steps.config  # noqa: F401,E402
@@ -61,13 +63,10 @@ def datastore(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def finished_run(datastore):
-    from metaflow import Run, Runner, metadata, namespace
+    from metaflow import Run, metadata, namespace
 
     namespace(None)                  # the Client in this process needs no user name of its own
-    with Runner(str(FLOW), show_output=False, env=_env(datastore), cwd=str(ROOT),
-                config=[("config", str(TINY))]).run() as running:
-        assert running.status == "successful", (running.stdout + running.stderr)[-5000:]
-        run_id = running.run.id
+    run_id = run_flow(_env(datastore), ROOT, config=TINY)
     metadata(f"local@{datastore}")
     return Run(f"GrowthFlow/{run_id}")
 

@@ -14,6 +14,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from tests.flow_runs import run_flow
+
 ROOT = Path(__file__).resolve().parent.parent
 FLOW = str(ROOT / "flows" / "growth_flow.py")
 TINY = str(ROOT / "config" / "tiny.toml")
@@ -46,12 +48,7 @@ def datastore(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_run(datastore):
-    from metaflow import Runner
-
-    with Runner(FLOW, show_output=False, env=_env(datastore), cwd=str(datastore),
-                config=[("config", TINY)]).run() as running:
-        assert running.status == "successful", running.stderr[-5000:]
-        run_id = running.run.id
+    run_id = run_flow(_env(datastore), datastore, config=TINY)
     _client(datastore)
     from metaflow import Run
     return Run(f"GrowthFlow/{run_id}")
@@ -158,12 +155,9 @@ def test_predict_gap_artifacts(tiny_run):
 
 def test_same_seed_same_selection_and_metrics(tiny_run, datastore):
     """A second run with the same config and seed selects the same rows and measures the same losses."""
-    from metaflow import Runner
+    from metaflow import Run
 
-    with Runner(FLOW, show_output=False, env=_env(datastore), cwd=str(datastore),
-                config=[("config", TINY)]).run() as running:
-        assert running.status == "successful", running.stderr[-3000:]
-        again = running.run
+    again = Run(f"GrowthFlow/{run_flow(_env(datastore), datastore, config=TINY)}")
     np.testing.assert_array_equal(_data(again, "select_data").selection_indices,
                                   _data(tiny_run, "select_data").selection_indices)
     assert _data(again, "join_large").large_final_val_loss == _data(tiny_run, "join_large").large_final_val_loss
