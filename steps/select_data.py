@@ -268,11 +268,8 @@ def _relative_error(sample: Sample, losses: np.ndarray) -> float:
     return abs(sample.estimate_mean(losses) - true) / abs(true)
 
 
-_LEGACY_ARRAYS = ("train_tokens", "train_lengths", "val_tokens", "val_lengths", "train_sources", "vocab_size", "seq_len")
-
-
-def run(cfg: SelectConfig, *, data: TokenData | None = None, embeddings: np.ndarray | None = None, seed: int,
-        progress: bool = True, **legacy_arrays) -> SelectResult:
+def run(cfg: SelectConfig, *, data: TokenData, embeddings: np.ndarray | None = None, seed: int,
+        progress: bool = True) -> SelectResult:
     """Select a weighted subset of the training rows.
 
     Parameters
@@ -285,24 +282,12 @@ def run(cfg: SelectConfig, *, data: TokenData | None = None, embeddings: np.ndar
         embed step returns for ``embed.method = "reference"``): embed with the reference model's
         mean-pooled hidden states, returned as ``result.embeddings``.
     seed : seeds the reference model, k-means, the probes and the draws
-    legacy_arrays : the former separate arguments (train_tokens, train_lengths, val_tokens, val_lengths,
-        train_sources, vocab_size, seq_len), accepted until every caller passes ``data``.
 
     Returns
     -------
     SelectResult
     """
     t0 = time.perf_counter()
-    if data is None and legacy_arrays:
-        unknown = sorted(set(legacy_arrays) - set(_LEGACY_ARRAYS))
-        missing = sorted(set(_LEGACY_ARRAYS) - set(legacy_arrays))
-        if unknown or missing:
-            raise TypeError(f"select_data.run: pass data=TokenData(...) (unknown arguments {unknown}, missing "
-                            f"{missing})")
-        data = TokenData(**legacy_arrays, bos_id=-1, eos_id=-1)        # select never uses bos/eos
-    elif legacy_arrays:
-        raise TypeError(f"select_data.run: pass either data or the separate arrays, not both "
-                        f"({sorted(legacy_arrays)})")
     n = _check_inputs(embeddings, data)
     own_embeddings = embeddings is None or np.asarray(embeddings).size == 0
     budget = _budget(cfg, n)
