@@ -2,6 +2,13 @@
 
     python bench/bench_pipeline.py                              # tiny and default
     python bench/bench_pipeline.py --configs default --seeds 0 1 2   # the default over three seeds
+    python bench/bench_pipeline.py --configs default --seeds 0 1 2 --zoo config/lm_zoo/default.toml
+
+With ``--zoo``, each GrowthFlow run is preceded, in the same datastore, by an LMZooFlow run of
+that config with the same seed (so the same split and data fingerprint): predict_gap then fits
+on that zoo, and the JSON scores each large arm's predicted gap against its measured gap
+(within 25%, or marked as extrapolation with the reason). The zoo's wall time is recorded
+separately from the GrowthFlow run's.
 
 Targets: config/default.toml in at most 20 minutes on 2 cores, config/tiny.toml in at most 2
 minutes (on an idle machine: the JSON records the load average and the CPU model, so a run on
@@ -34,13 +41,48 @@ def cpu_model() -> str:
     return "unknown"
 
 
-def time_run(config: str, seed: int | None = None) -> dict:
+def zoo_run(store: str, env: dict, zoo_config: str, seed: int | None) -> dict:
+    """An LMZooFlow run in the datastore ``store`` (GrowthFlow's predict_gap finds it there)."""
+    from metaflow import Runner
+
+    params = {} if seed is None else {"seed": seed}
+    t0 = time.perf_counter()
+    print(f"[bench_pipeline] LM zoo {zoo_config} (seed {seed}) ...", file=sys.stderr, flush=True)
+    with Runner(str(ROOT / "flows" / "lm_zoo_flow.py"), show_output=False, env=env, cwd=store,
+                config=[("config", str(zoo_config))]).run(**params) as running:
+        out = {"config": str(zoo_config), "status": running.status, "seconds": round(time.perf_counter() - t0, 1)}
+        if running.status != "successful":
+            print(running.stderr[-5000:], file=sys.stderr)
+        else:
+            out["run_id"] = running.run.id
+    return out
+
+
+def gap_check(gap_prediction: dict, tolerance: float = 0.25) -> dict:
+    """Each large arm: predicted vs measured gap, within ``tolerance`` (relative) or an extrapolation."""
+    out = {}
+    for arm, p in (gap_prediction.get("predictions") or {}).items():
+        entry = {"measured_gap": p["measured"], "predicted_gap": p["predicted"], "interval": [p["low"], p["high"]],
+                 "relative_error": p["rel_error"], "within_tolerance": p["rel_error"] <= tolerance,
+                 "within_interval": p["within_interval"], "extrapolation": bool(p["extrapolation"]),
+                 "extrapolation_reasons": p.get("extrapolation_reasons", [])}
+        entry["meets_goal"] = entry["within_tolerance"] or entry["extrapolation"]
+        out[arm] = entry
+    return {"tolerance": tolerance, "n_zoo_models": gap_prediction.get("n_zoo_models"),
+            "sources": gap_prediction.get("sources"), "arms": out}
+
+
+def time_run(config: str, seed: int | None = None, zoo_config: str | None = None) -> dict:
     from metaflow import Run, Runner, metadata, namespace
 
     with tempfile.TemporaryDirectory() as store:
         env = {"USER": os.environ.get("USER", "bench"), "METAFLOW_DATASTORE_SYSROOT_LOCAL": store,
                "HF_HUB_OFFLINE": "1"}
+        zoo = zoo_run(store, env, zoo_config, seed) if zoo_config else None
+        if zoo is not None and zoo["status"] != "successful":
+            return {"config": config, "seed": seed, "status": "zoo failed", "zoo": zoo}
         load_before = os.getloadavg()[0]
+        print(f"[bench_pipeline] GrowthFlow {config} (seed {seed}) ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         params = {} if seed is None else {"seed": seed}
         with Runner(str(ROOT / "flows" / "growth_flow.py"), show_output=False, env=env, cwd=store,
@@ -74,6 +116,10 @@ def time_run(config: str, seed: int | None = None) -> dict:
                 out[name] = value
             except Exception as exc:  # noqa: BLE001  (recorded in the JSON, named)
                 out[name] = f"could not read {step}.{artifact}: {type(exc).__name__}: {exc}"
+        if zoo is not None:
+            out["zoo"] = zoo
+        if isinstance(out.get("gap_prediction"), dict):
+            out["gap_check"] = gap_check(out["gap_prediction"])
     return out
 
 
@@ -82,12 +128,14 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=["tiny", "default"], help="config names under config/")
     parser.add_argument("--seeds", nargs="+", type=int, default=None,
                         help="run each config once per seed (default: once, with the config's seed)")
+    parser.add_argument("--zoo", default=None, metavar="LM_ZOO_CONFIG",
+                        help="run LMZooFlow with this config (and the same seed) in each run's datastore first")
     parser.add_argument("--out", default=None, help="also write the JSON here (after every run)")
     args = parser.parse_args()
     results = []
     for config in args.configs:
         for seed in (args.seeds or [None]):
-            results.append(time_run(config, seed))
+            results.append(time_run(config, seed, args.zoo))
             report = {"benchmark": "pipeline_wall_time", "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
                       "runs": results}
             if args.out:
