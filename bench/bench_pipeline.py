@@ -49,7 +49,7 @@ def zoo_run(store: str, env: dict, zoo_config: str, seed: int | None) -> dict:
     t0 = time.perf_counter()
     print(f"[bench_pipeline] LM zoo {zoo_config} (seed {seed}) ...", file=sys.stderr, flush=True)
     with Runner(str(ROOT / "flows" / "lm_zoo_flow.py"), show_output=False, env=env, cwd=store,
-                config=[("config", str(zoo_config))]).run(**params) as running:
+                config=[("config", str(Path(zoo_config).resolve()))]).run(**params) as running:
         out = {"config": str(zoo_config), "status": running.status, "seconds": round(time.perf_counter() - t0, 1)}
         if running.status != "successful":
             print(running.stderr[-5000:], file=sys.stderr)
