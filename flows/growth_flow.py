@@ -173,6 +173,7 @@ class GrowthFlow(FlowSpec):
         self.merge_artifacts(inputs, exclude=["small_model"])
         result = run([inp.small_model for inp in inputs])
         self.small_models, self.small_curves = result.small_models, result.small_curves
+        self.small_inits = result.small_inits
         self.small_final_val_loss = result.small_final_val_loss
         self.small_flops, self.small_flops_total = result.small_flops, result.small_flops_total
         self.gap_zoo_rows = result.gap_zoo_rows
@@ -187,8 +188,9 @@ class GrowthFlow(FlowSpec):
         from flow_cards import render
 
         cfg = _settings(self)
-        result = grow.run(cfg.grow, small_models=self.small_models, check_tokens=self.val_tokens, seed=cfg.seed)
-        self.grown_model = result.model_files
+        result = grow.run(cfg.grow, small_models=self.small_models, check_tokens=self.val_tokens, seed=cfg.seed,
+                          small_inits=getattr(self, "small_inits", None))     # absent in runs before it was kept
+        self.grown_model, self.grown_reference_init = result.model_files, result.reference_init_files
         self.grow_method, self.grow_components = result.method, result.components
         self.grow_shape_before, self.grow_shape_after = result.shape_before, result.shape_after
         self.grow_preservation, self.grow_n_params = result.preservation, result.n_params
@@ -228,11 +230,13 @@ class GrowthFlow(FlowSpec):
             arm_cfg = train_large.arm_config(cfg.train_large, arm, components_train=cfg.pretrain_small.train)
             gap["tokens_before"] = float(sum(c[-1]["tokens"] for c in self.small_curves.values())
                                          / len(self.small_curves))
+            gap["reference_init"] = getattr(self, "grown_reference_init", None)   # the grown random inits
         self.control_plan = None
         if arm == "control":                        # the first small model, trained on for equal total FLOPs
             first = self.small_model_names[0]
             init_files, init_flops = self.small_models[first], float(self.small_flops[first])
             gap["tokens_before"] = float(self.small_curves[first][-1]["tokens"])
+            gap["reference_init"] = getattr(self, "small_inits", {}).get(first)    # its own random init
             self.control_plan = train_large.control_plan(cfg.train_large, grown_files=self.grown_model,
                                                          control_files=init_files, control_spent_flops=init_flops,
                                                          data=data, indices=self.selection_indices)

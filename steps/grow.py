@@ -45,28 +45,44 @@ class GrowResult:
     preservation: dict
     n_params: int
     seconds: float
+    # the same operator applied to the components' random initializations: the reference from which the grown
+    # model's distance-from-init gap features are measured, as every LM-zoo model's is from its random init
+    # (None when the components' initializations were not given)
+    reference_init_files: dict | None = None
+
+
+def _apply(cfg: GrowConfig, models: list, seed: int):
+    """``cfg.method`` applied to ``models``: the grown model and the components it preserves."""
+    if cfg.method == "fuse":
+        if len(models) < 2:
+            raise ValueError("grow.method='fuse' needs at least two small models; list more in "
+                             "pretrain_small.models or use 'self_fuse'")
+        return fuse_models(models), models
+    if cfg.method == "self_fuse":
+        return self_fuse(models[0], noise_std=cfg.noise_std, tiling=cfg.tiling, random_state=seed), models[:1]
+    return stack_layers(models[0], mode="copy" if cfg.method == "stack" else "zero"), models[:1]
 
 
 def run(cfg: GrowConfig, *, small_models: dict[str, dict[str, bytes]], check_tokens: np.ndarray,
-        seed: int) -> GrowResult:
+        seed: int, small_inits: dict[str, dict[str, bytes] | None] | None = None) -> GrowResult:
     """Grow ``small_models`` (name -> HF files) with ``cfg.method``; measure function preservation on
-    ``check_tokens`` (int (n, L) rows of real tokens) against the mean of the components' logits."""
+    ``check_tokens`` (int (n, L) rows of real tokens) against the mean of the components' logits.
+
+    ``small_inits`` (name -> the HF files of each small model's random initialization), when
+    given for every component, are grown by the same operator with the same seed into
+    ``result.reference_init_files``.
+    """
     t0 = time.perf_counter()
     if not small_models:
         raise ValueError("grow needs at least one small model")
     names = list(small_models)
     models = [model_from_files(small_models[n]) for n in names]
-    if cfg.method == "fuse":
-        if len(models) < 2:
-            raise ValueError("grow.method='fuse' needs at least two small models; list more in "
-                             "pretrain_small.models or use 'self_fuse'")
-        grown, refs = fuse_models(models), models
-    elif cfg.method == "self_fuse":
-        grown = self_fuse(models[0], noise_std=cfg.noise_std, tiling=cfg.tiling, random_state=seed)
-        refs, names = models[:1], names[:1]
-    else:
-        grown = stack_layers(models[0], mode="copy" if cfg.method == "stack" else "zero")
-        refs, names = models[:1], names[:1]
+    grown, refs = _apply(cfg, models, seed)
+    names = names[:len(refs)]
+    reference = None
+    if small_inits and all(small_inits.get(n) for n in names):
+        inits = [model_from_files(small_inits[n]) for n in names]
+        reference = model_to_files(_apply(cfg, inits, seed)[0])
     rows = np.asarray(check_tokens)[:cfg.check_rows]
     preservation = preservation_error(grown, refs, rows)
     preservation["reference"] = ("mean of the components' logits" if len(refs) > 1
@@ -75,7 +91,8 @@ def run(cfg: GrowConfig, *, small_models: dict[str, dict[str, bytes]], check_tok
         tuple(sorted(small_models[n].items())) for n in names)) == 1)
     return GrowResult(model_files=model_to_files(grown), method=cfg.method, components=names,
                       shape_before=[model_shape(m) for m in models], shape_after=model_shape(grown),
-                      preservation=preservation, n_params=count_parameters(grown), seconds=time.perf_counter() - t0)
+                      preservation=preservation, n_params=count_parameters(grown), seconds=time.perf_counter() - t0,
+                      reference_init_files=reference)
 
 
 def report(result: GrowResult) -> list:

@@ -12,6 +12,7 @@ __all__ = ["JoinSmallResult", "run", "report"]
 @dataclasses.dataclass(frozen=True)
 class JoinSmallResult:
     small_models: dict[str, dict[str, bytes]]
+    small_inits: dict[str, dict[str, bytes] | None]     # each one's random initialization (None: a run before it was kept)
     small_curves: dict[str, list[dict]]
     small_final_val_loss: dict[str, float]
     small_flops: dict[str, float]
@@ -25,6 +26,7 @@ def run(results: list[dict]) -> JoinSmallResult:
         raise ValueError("no small models were trained; list at least one in pretrain_small.models")
     return JoinSmallResult(
         small_models={r["name"]: r["model_files"] for r in results},
+        small_inits={r["name"]: r.get("init_files") for r in results},
         small_curves={r["name"]: r["curve"] for r in results},
         small_final_val_loss={r["name"]: r["final_val_loss"] for r in results},
         small_flops={r["name"]: r["flops"] for r in results},

@@ -56,6 +56,7 @@ class PretrainSmallResult:
     name: str
     spec: dict
     model_files: dict[str, bytes]
+    init_files: dict[str, bytes]      # the random initialization it trained from (distance-from-init features)
     curve: list[dict[str, float]]
     final_val_loss: float
     final_train_loss: float
@@ -102,6 +103,7 @@ def run(cfg: PretrainSmallConfig, spec: ModelSpec, *, data: TokenData, indices: 
     model = build_model(spec, vocab_size=data.vocab_size, n_positions=data.seq_len + 1, seed=seed,
                         bos_token_id=data.bos_id, eos_token_id=data.eos_id)
     init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    init_files = model_to_files(model)
     tokens, lengths = data.train_rows(indices)
     probe = probe_for_selection(data, indices, train_eval_rows=train_eval_rows, feature_rows=feature_rows)   # every validation row; the run's fixed training-evaluation rows
     gap_rows: list[dict] = []
@@ -120,7 +122,8 @@ def run(cfg: PretrainSmallConfig, spec: ModelSpec, *, data: TokenData, indices: 
     print(f"[pretrain_small[{spec.name}]] final val loss {result.final_val_loss:.4f}, "
           f"{result.tokens_per_s:,.0f} tokens/s", file=sys.stderr, flush=True)
     return PretrainSmallResult(
-        name=spec.name, spec=dataclasses.asdict(spec), model_files=model_to_files(model), curve=result.curve,
+        name=spec.name, spec=dataclasses.asdict(spec), model_files=model_to_files(model), init_files=init_files,
+        curve=result.curve,
         final_val_loss=result.final_val_loss, final_train_loss=result.final_train_loss,
         tokens_per_s=result.tokens_per_s, n_params=count_parameters(model),
         flops=flops_per_token(model, data.seq_len) * result.n_tokens, n_train_rows=len(indices),

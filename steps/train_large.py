@@ -197,9 +197,12 @@ def run(cfg: TrainLargeConfig, arm: str, *, init_files: dict[str, bytes], data: 
     ``GROWTHFLOW_FAIL_AT_STEP`` switch themselves).
 
     ``gap`` says how the trained model's gap row is measured: ``train_eval_rows`` and
-    ``feature_rows`` (the run's ``predict_gap`` settings) and ``tokens_before``, the tokens its
+    ``feature_rows`` (the run's ``predict_gap`` settings), ``tokens_before``, the tokens its
     initialization already trained on (a grown or control arm's pretraining), so its epochs count
-    them as the LM zoo's do.
+    them as the LM zoo's do, and ``reference_init`` (model files): the random initialization its
+    distance-from-init features are measured from, as an LM-zoo model's are from its own (for the
+    grown arm the growth operator applied to its components' random initializations, for the
+    control its small model's); without it, the arm's own starting point (right for scratch).
     """
     if arm not in ARMS:
         raise ValueError(f"unknown arm {arm!r}; expected one of {ARMS}")
@@ -226,13 +229,15 @@ def train_arm(cfg: TrainLargeConfig, arm: str, *, init_files: dict[str, bytes], 
         raise ValueError(f"unknown arm {arm!r}; expected one of {ARMS}")
     t0 = time.perf_counter()
     model = scratch_model_like(init_files, seed + 7919) if arm == "scratch" else model_from_files(init_files)
-    init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    gap = dict(gap or {})
+    reference = model_from_files(gap["reference_init"]) if gap.get("reference_init") else model
+    init_state = {k: v.detach().clone() for k, v in reference.state_dict().items()}
+    del reference
     tokens, lengths = data.train_rows(indices)
     extra = {"on_checkpoint": on_checkpoint} if on_checkpoint is not None else {}
     result = train_model(model, tokens, lengths, data.val_tokens, data.val_lengths, cfg.train, seed=seed,
                          weights=weights, checkpoint_dir=checkpoint_dir, label=f"train_large[{arm}]", on_eval=on_eval,
                          on_step=on_step, progress=progress, **extra)
-    gap = dict(gap or {})
     probe = probe_for_selection(data, indices, train_eval_rows=gap.get("train_eval_rows", 256),
                                 feature_rows=gap.get("feature_rows", 64))
     gap = checkpoint_row(model, probe, model_name=arm, step=result.steps_done,
@@ -294,6 +299,11 @@ def write_inputs(work_dir: str | Path, cfg: TrainLargeConfig, arm: str, *, init_
     (work_dir / "init").mkdir(parents=True, exist_ok=True)
     for name, blob in init_files.items():
         (work_dir / "init" / name).write_bytes(blob)
+    gap = dict(gap or {})
+    if gap.get("reference_init"):
+        (work_dir / "reference_init").mkdir(exist_ok=True)
+        for name, blob in gap.pop("reference_init").items():
+            (work_dir / "reference_init" / name).write_bytes(blob)
     arrays = {k: np.asarray(getattr(data, k)) for k in _ARRAYS}
     np.savez(work_dir / "data.npz", indices=np.asarray(indices), weights=np.asarray(weights), **arrays)
     inputs = {"config": to_dict(cfg), "arm": arm, "seed": int(seed), "init_flops": float(init_flops),
@@ -301,7 +311,7 @@ def write_inputs(work_dir: str | Path, cfg: TrainLargeConfig, arm: str, *, init_
               "eos_id": int(data.eos_id),
               "checkpoint_dir": None if checkpoint_dir is None else os.path.abspath(checkpoint_dir),
               "backend": backend, "threads_per_rank": threads_per_rank, "progress": bool(progress),
-              "gap": dict(gap or {})}
+              "gap": gap}
     (work_dir / "inputs.json").write_text(json.dumps(inputs, indent=1))
 
 
@@ -319,6 +329,9 @@ def read_inputs(work_dir: str | Path) -> dict:
     inputs["data"] = TokenData(**arrays, vocab_size=inputs.pop("vocab_size"), seq_len=inputs.pop("seq_len"),
                                bos_id=inputs.pop("bos_id"), eos_id=inputs.pop("eos_id"))
     inputs["init_files"] = {p.name: p.read_bytes() for p in sorted((work_dir / "init").iterdir()) if p.is_file()}
+    if (work_dir / "reference_init").is_dir():
+        inputs["gap"]["reference_init"] = {p.name: p.read_bytes() for p in sorted((work_dir / "reference_init").iterdir())
+                                           if p.is_file()}
     return inputs
 
 

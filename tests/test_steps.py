@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from libs.models import ModelSpec, build_model, model_from_files, model_to_files
+from libs.token_data import TokenData
 from libs.training import TrainConfig
 from steps import embed, end, grow, join_large, prepare, select_data
 
@@ -43,15 +44,13 @@ def selected(prepared):
                               reference_model=ModelSpec(n_layer=1, n_embd=16, n_head=2),
                               reference_train=TrainConfig(steps=4, batch_size=4, warmup_steps=1, eval_every=4,
                                                           eval_batches=1))
-    args = dict(embeddings=e.embeddings, train_tokens=r.train_tokens, train_lengths=r.train_lengths,
-                val_tokens=r.val_tokens, val_lengths=r.val_lengths, train_sources=r.train_sources,
-                vocab_size=r.vocab_size, seq_len=r.seq_len, seed=0, progress=False)
+    args = dict(embeddings=e.embeddings, data=TokenData.from_attrs(r), seed=0, progress=False)
     return cfg, args, select_data.run(cfg, **args)
 
 
 def test_select_returns_weighted_unique_rows(selected):
     cfg, args, s = selected
-    n = len(args["train_tokens"])
+    n = args["data"].n_train
     assert s.budget_docs == round(0.4 * n) and len(s.indices) <= s.budget_docs
     assert len(np.unique(s.indices)) == len(s.indices)
     assert s.weights.mean() == pytest.approx(1.0)
@@ -76,7 +75,7 @@ def test_select_methods_share_the_api(selected, method):
 
 def test_select_budget_larger_than_data(selected):
     cfg, args, _ = selected
-    n = len(args["train_tokens"])
+    n = args["data"].n_train
     with pytest.raises(ValueError, match=f"budget_docs={n + 1} is larger than the {n} training documents"):
         select_data.run(dataclasses.replace(cfg, budget_docs=n + 1), **args)
     with pytest.raises(ValueError, match="embeddings has 3 rows"):
@@ -95,6 +94,72 @@ def test_grow_step_fuses_and_reports(prepared):
     assert same.preservation["max_abs_dlogit"] <= 1e-5
     with pytest.raises(ValueError, match="at least two small models"):
         grow.run(grow.GrowConfig(method="fuse"), small_models={"a": smalls["a"]}, check_tokens=r.val_tokens, seed=0)
+
+
+def test_grow_applies_the_same_operator_to_the_components_random_inits(prepared):
+    """The grown model's distance-from-init reference: the operator applied to the components' random inits."""
+    import torch
+
+    from libs.growth import fuse_models, self_fuse
+
+    r = prepared
+    spec = ModelSpec(n_layer=1, n_embd=16, n_head=2)
+    inits = {n: build_model(spec, vocab_size=r.vocab_size, n_positions=r.seq_len + 1, seed=i)
+             for i, n in enumerate(["a", "b"])}
+    trained = {}
+    for n, m in inits.items():                            # "trained": the init moved by a fixed perturbation
+        moved = model_from_files(model_to_files(m))
+        with torch.no_grad():
+            for p in moved.parameters():
+                p.add_(0.05)
+        trained[n] = model_to_files(moved)
+    init_files = {n: model_to_files(m) for n, m in inits.items()}
+    fused = grow.run(grow.GrowConfig(method="fuse"), small_models=trained, check_tokens=r.val_tokens, seed=0,
+                     small_inits=init_files)
+    expected = fuse_models([model_from_files(init_files["a"]), model_from_files(init_files["b"])]).state_dict()
+    got = model_from_files(fused.reference_init_files).state_dict()
+    assert set(got) == set(expected)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0)
+    grown = model_from_files(fused.model_files).state_dict()
+    assert any(not torch.equal(grown[k], got[k]) for k in got)             # the reference is not the grown model
+    doubled = grow.run(grow.GrowConfig(method="self_fuse"), small_models=trained, check_tokens=r.val_tokens, seed=3,
+                       small_inits=init_files)
+    expected = self_fuse(model_from_files(init_files["a"]), noise_std=0.32, tiling="diagonal",
+                         random_state=3).state_dict()
+    for name, value in model_from_files(doubled.reference_init_files).state_dict().items():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=0)
+    missing = grow.run(grow.GrowConfig(method="fuse"), small_models=trained, check_tokens=r.val_tokens, seed=0,
+                       small_inits={"a": init_files["a"], "b": None})        # a run from before inits were kept
+    assert missing.reference_init_files is None
+
+
+def test_train_large_measures_distance_from_the_given_reference_init(prepared):
+    """A grown or control arm's distance-from-init features are measured from ``gap["reference_init"]``."""
+    import torch
+
+    from libs.gap_features import weight_norm_features
+    from steps import train_large
+
+    r = prepared
+    data = TokenData.from_attrs(r)
+    spec = ModelSpec(n_layer=1, n_embd=16, n_head=2)
+    start = build_model(spec, vocab_size=r.vocab_size, n_positions=r.seq_len + 1, seed=0)
+    reference = build_model(spec, vocab_size=r.vocab_size, n_positions=r.seq_len + 1, seed=1)
+    cfg = train_large.TrainLargeConfig(train=TrainConfig(steps=2, batch_size=4, warmup_steps=1, eval_every=2,
+                                                         eval_batches=1, checkpoint_every=0))
+    indices = np.arange(20)
+    common = dict(init_files=model_to_files(start), data=data, indices=indices, weights=np.ones(20), seed=0,
+                  progress=False)
+    gap = {"train_eval_rows": 8, "feature_rows": 4}
+    own = train_large.run(cfg, "grown", **common, gap=gap)
+    given = train_large.run(cfg, "grown", **common, gap={**gap, "reference_init": model_to_files(reference)})
+    trained = model_from_files(given.model_files)
+    expected = weight_norm_features(trained, {k: v for k, v in reference.state_dict().items()})
+    assert given.gap_features["log_rms_dist_from_init"] == pytest.approx(expected["log_rms_dist_from_init"], rel=1e-9)
+    assert own.gap_features["log_rms_dist_from_init"] < given.gap_features["log_rms_dist_from_init"] - 0.5
+    torch.testing.assert_close(model_from_files(own.model_files).state_dict()["lm_head.weight"],
+                               trained.state_dict()["lm_head.weight"])    # the reference changes no training
 
 
 def _curves(control_final: float):
@@ -173,3 +238,23 @@ def test_gap_rows_keyed_by_what_shaped_them():
     assert predict_gap.own_rows(other_gap, rows)[0]["key"] == key
     assert predict_gap.own_rows({**settings, "seed": 1}, rows)[0]["key"] != key
     assert predict_gap.own_rows(settings, rows)[0]["gap"] == 0.1 and "key" not in rows[0]
+
+
+def test_data_parallel_inputs_carry_the_reference_init_as_files(prepared, tmp_path):
+    """What the DDP ranks read back is what the launcher wrote, the reference init included (as files, not JSON)."""
+    from steps import train_large
+
+    r = prepared
+    data = TokenData.from_attrs(r)
+    spec = ModelSpec(n_layer=1, n_embd=16, n_head=2)
+    start = model_to_files(build_model(spec, vocab_size=r.vocab_size, n_positions=r.seq_len + 1, seed=0))
+    reference = model_to_files(build_model(spec, vocab_size=r.vocab_size, n_positions=r.seq_len + 1, seed=1))
+    gap = {"train_eval_rows": 8, "feature_rows": 4, "tokens_before": 123.0, "reference_init": reference}
+    train_large.write_inputs(tmp_path, train_large.TrainLargeConfig(), "grown", init_files=start, data=data,
+                             indices=np.arange(10), weights=np.ones(10), seed=5, init_flops=1.0, checkpoint_dir=None,
+                             backend="gloo", threads_per_rank=1, progress=False, gap=gap)
+    back = train_large.read_inputs(tmp_path)
+    assert back["init_files"] == start and back["gap"]["reference_init"] == reference
+    assert {k: v for k, v in back["gap"].items() if k != "reference_init"} == {"train_eval_rows": 8, "feature_rows": 4,
+                                                                               "tokens_before": 123.0}
+    assert gap["reference_init"] == reference                     # the caller's dict is left as it was
