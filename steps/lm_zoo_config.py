@@ -14,9 +14,10 @@ from typing import Any
 
 from libs.gap_predictors import PREDICTORS
 from libs.schema import option, reference_markdown
+from steps.config import StepResources
 from steps.prepare import PrepareConfig
 
-__all__ = ["ZooGridConfig", "ZooFitConfig", "ZooResources", "LMZooConfig", "describe_run", "config_reference_markdown"]
+__all__ = ["ZooGridConfig", "ZooFitConfig", "LMZooConfig", "describe_run", "config_reference_markdown"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,15 +81,6 @@ class ZooFitConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class ZooResources:
-    """What each train_zoo_shard branch asks of remote compute (`@resources`; ignored by local runs)."""
-
-    cpu: int = option(1, "CPU cores", min=1)
-    memory: int = option(4000, "memory in MB", min=256)
-    gpu: int = option(0, "GPUs", min=0)
-
-
-@dataclasses.dataclass(frozen=True)
 class LMZooConfig:
     """Everything an LMZooFlow run needs."""
 
@@ -98,7 +90,8 @@ class LMZooConfig:
                                     default_factory=PrepareConfig)
     zoo: ZooGridConfig = option(doc="the zoo's models and measurements", default_factory=ZooGridConfig)
     fit: ZooFitConfig = option(doc="predictor scoring", default_factory=ZooFitConfig)
-    resources: ZooResources = option(doc="remote-compute resources per shard", default_factory=ZooResources)
+    resources: StepResources = option(doc="remote-compute resources per shard",
+                                      default_factory=lambda: StepResources(cpu=1, memory=4000))
 
 
 def describe_run(settings: Mapping[str, Any], n_models: int) -> list:
