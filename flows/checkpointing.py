@@ -14,8 +14,7 @@ shared volume and nothing written under the working directory::
     @step
     def train_large(self):
         ...
-        result = train_large.run(..., checkpoint_dir=checkpoint_dir(),
-                                 on_checkpoint=upload_checkpoint)
+        result = train_large.run(..., checkpoint_dir=checkpoint_dir())
 
 What is loaded, deliberately scoped (``load_policy="none"``: the extension loads nothing
 by itself, this module chooses):
@@ -30,9 +29,10 @@ by itself, this module chooses):
 Before the step runs, the newest matching checkpoints are downloaded into a temporary
 folder and checked (manifest, sizes, SHA-256); a bad one is named in a warning and
 skipped, and ``train_model`` verifies again and falls back to the previous one or step 0.
-Every checkpoint ``train_model`` saves is uploaded at once (``on_checkpoint``); a watcher
-thread and a final sync when the step fails also upload what data-parallel ranks (which
-cannot call back into this process) wrote. The datastore mirrors the local folder: what
+A watcher thread uploads every complete checkpoint in the folder within about a second,
+whether this process or data-parallel ranks wrote it, and a final sync uploads what is left
+when the step ends or fails (``upload_checkpoint`` uploads one folder at once, for a caller
+that wants it as ``on_checkpoint``). The datastore mirrors the local folder: what
 ``train_model`` prunes (``train.keep_checkpoints``) is deleted from the datastore too, and
 when it removed every checkpoint after a successful training
 (``train.remove_checkpoints_on_success``), this task's and its origin runs' checkpoints of
@@ -234,7 +234,7 @@ def _delete(ref: dict) -> None:
 def datastore_checkpoints(step_name, flow, inputs=None):
     """Step decorator (under ``@checkpoint``): a restored checkpoint folder for the step, kept in the datastore.
 
-    The folder is :func:`checkpoint_dir`; pass :func:`upload_checkpoint` as ``on_checkpoint``.
+    The folder is :func:`checkpoint_dir`; the session's watcher uploads what is written there.
     In a foreach step every branch (its ``self.input``) has its own checkpoints.
     """
     global _active

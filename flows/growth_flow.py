@@ -20,7 +20,7 @@ from cli_checks import clean_data_errors
 from config_source import config_parser, settings_of, validated_settings  # flows/ is the script's folder
 from project_code import ship_project_code
 from metaflow import checkpoint  # metaflow-checkpoint (requirements.txt): checkpoints in the datastore
-from checkpointing import datastore_checkpoints, upload_checkpoint  # noqa: F401  (flows/checkpointing.py)
+from checkpointing import datastore_checkpoints  # flows/checkpointing.py
 from libs.token_data import TokenData
 from steps.config import GrowthConfig
 

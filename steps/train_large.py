@@ -232,7 +232,6 @@ def train_arm(cfg: TrainLargeConfig, arm: str, *, init_files: dict[str, bytes], 
     gap = dict(gap or {})
     reference = model_from_files(gap["reference_init"]) if gap.get("reference_init") else model
     init_state = {k: v.detach().clone() for k, v in reference.state_dict().items()}
-    del reference
     tokens, lengths = data.train_rows(indices)
     extra = {"on_checkpoint": on_checkpoint} if on_checkpoint is not None else {}
     result = train_model(model, tokens, lengths, data.val_tokens, data.val_lengths, cfg.train, seed=seed,
@@ -296,14 +295,10 @@ def write_inputs(work_dir: str | Path, cfg: TrainLargeConfig, arm: str, *, init_
     from libs.schema import to_dict
 
     work_dir = Path(work_dir)
-    (work_dir / "init").mkdir(parents=True, exist_ok=True)
-    for name, blob in init_files.items():
-        (work_dir / "init" / name).write_bytes(blob)
+    _write_files(work_dir / "init", init_files)
     gap = dict(gap or {})
     if gap.get("reference_init"):
-        (work_dir / "reference_init").mkdir(exist_ok=True)
-        for name, blob in gap.pop("reference_init").items():
-            (work_dir / "reference_init" / name).write_bytes(blob)
+        _write_files(work_dir / "reference_init", gap.pop("reference_init"))
     arrays = {k: np.asarray(getattr(data, k)) for k in _ARRAYS}
     np.savez(work_dir / "data.npz", indices=np.asarray(indices), weights=np.asarray(weights), **arrays)
     inputs = {"config": to_dict(cfg), "arm": arm, "seed": int(seed), "init_flops": float(init_flops),
@@ -328,19 +323,26 @@ def read_inputs(work_dir: str | Path) -> dict:
     inputs["indices"], inputs["weights"] = arrays.pop("indices"), arrays.pop("weights")
     inputs["data"] = TokenData(**arrays, vocab_size=inputs.pop("vocab_size"), seq_len=inputs.pop("seq_len"),
                                bos_id=inputs.pop("bos_id"), eos_id=inputs.pop("eos_id"))
-    inputs["init_files"] = {p.name: p.read_bytes() for p in sorted((work_dir / "init").iterdir()) if p.is_file()}
+    inputs["init_files"] = _read_files(work_dir / "init")
     if (work_dir / "reference_init").is_dir():
-        inputs["gap"]["reference_init"] = {p.name: p.read_bytes() for p in sorted((work_dir / "reference_init").iterdir())
-                                           if p.is_file()}
+        inputs["gap"]["reference_init"] = _read_files(work_dir / "reference_init")
     return inputs
+
+
+def _write_files(folder: Path, files: dict[str, bytes]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, blob in files.items():
+        (folder / name).write_bytes(blob)
+
+
+def _read_files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 def write_result(work_dir: str | Path, result: TrainLargeResult) -> None:
     """Rank 0's result as plain files; ``result.json`` is written last, so its presence means the result is whole."""
     out = Path(work_dir) / "result"
-    (out / "model").mkdir(parents=True, exist_ok=True)
-    for name, blob in result.model_files.items():
-        (out / "model" / name).write_bytes(blob)
+    _write_files(out / "model", result.model_files)
     fields = {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name != "model_files"}
     tmp = out / "result.json.tmp"
     tmp.write_text(json.dumps(fields))
@@ -354,7 +356,7 @@ def read_result(work_dir: str | Path) -> TrainLargeResult:
         raise RuntimeError(f"the data-parallel ranks finished but rank 0 wrote no result into {out}; "
                            "see the ranks' output above")
     fields = json.loads((out / "result.json").read_text())
-    files = {p.name: p.read_bytes() for p in sorted((out / "model").iterdir()) if p.is_file()}
+    files = _read_files(out / "model")
     return TrainLargeResult(model_files=files, **fields)
 
 
