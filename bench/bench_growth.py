@@ -3,6 +3,7 @@
     nice -n 5 python bench/bench_growth.py --out bench/results/growth.json       # default config, 3 seeds
     python bench/bench_growth.py --quick --out /tmp/growth_quick.json              # smoke test, ~1-2 minutes
     python bench/bench_growth.py --arms scratch fuse self_fuse control --seeds 3
+    python bench/bench_growth.py --arms scratch fuse fuse_carry --seeds 3   # fresh vs carried AdamW moments
 
 Data. The config's corpus and selection, built once with the flow's own stages:
 ``steps.prepare.run``, then ``steps.embed.run`` + ``steps.select_data.run`` (``--selection config``,
@@ -13,7 +14,9 @@ Per seed s = 0 .. ``--seeds`` - 1 (the flow's seed is the config's; here it is s
 
 1. The config's small models, trained in parallel processes by ``steps.pretrain_small.run``
    (model i seeded ``s + 1000 i``, as the flow does).
-2. The grown initializations, by ``steps.grow.run``: ``fuse`` (Deep Fusion of all small models)
+2. The grown initializations, by ``steps.grow.run``: ``fuse`` (Deep Fusion of all small models),
+   and ``fuse_carry`` (the same fused model, its optimizer starting from the components' AdamW moments
+   mapped through the operator: ``train_large.grown_optimizer = "carry"``, :mod:`libs.optimizer_state`)
    and, when asked, ``self_fuse`` (the first small model fused with itself with the config's
    ``grow`` options, e.g. HyperCloning's full tiling and ~10 dB noise).
 3. The arms, in parallel processes, by ``steps.train_large.run`` on the same selected rows in the
@@ -53,7 +56,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 
 GOAL = {"step_ratio": 0.5, "flops_ratio_total": 0.85}
-GROWN_ARMS = ("fuse", "self_fuse")
+GROWN_ARMS = ("fuse", "fuse_carry", "self_fuse")
+GROW_METHOD = {"fuse": "fuse", "fuse_carry": "fuse", "self_fuse": "self_fuse"}   # fuse_carry: + the moments
 ALL_ARMS = ("scratch",) + GROWN_ARMS + ("control",)
 QUICK = dict(small_steps=20, large_steps=40, eval_every=10, eval_batches=2, warmup_steps=3)
 
@@ -147,14 +151,14 @@ class _TargetReached(Exception):
 
 
 def _arm_job(lcfg, flow_arm: str, name: str, init_files: dict, data, indices, weights, seed: int,
-             init_flops: float, target_loss: float | None):
+             init_flops: float, target_loss: float | None, moment_files: dict | None = None):
     """Train one arm with ``steps.train_large.run``; stop at ``target_loss`` when given."""
     from libs.models import flops_per_token, model_from_files
     from steps import train_large
 
     if target_loss is None:
         result = train_large.run(lcfg, flow_arm, init_files=init_files, data=data, indices=indices, weights=weights,
-                                 seed=seed, init_flops=init_flops, progress=False)
+                                 seed=seed, init_flops=init_flops, progress=False, moment_files=moment_files)
         return {"name": name, "curve": result.curve, "flops_per_step": result.flops_per_step,
                 "final_val_loss": result.final_val_loss, "steps": result.steps, "n_tokens": result.n_tokens,
                 "tokens_per_s": result.tokens_per_s, "seconds": result.seconds, "n_params": result.n_params,
@@ -169,7 +173,7 @@ def _arm_job(lcfg, flow_arm: str, name: str, init_files: dict, data, indices, we
     t0 = time.perf_counter()
     try:
         train_large.run(lcfg, flow_arm, init_files=init_files, data=data, indices=indices, weights=weights,
-                        seed=seed, init_flops=init_flops, on_eval=watch, progress=False)
+                        seed=seed, init_flops=init_flops, on_eval=watch, progress=False, moment_files=moment_files)
     except _TargetReached:
         pass
     seconds = time.perf_counter() - t0
@@ -211,13 +215,16 @@ def run_seed(seed: int, cfg, data, indices, weights, assignment, args, pool) -> 
     names = list(small_files)
 
     check = data.val_tokens[:cfg.grow.check_rows]
-    inits, growth = {}, {}
+    inits, growth, moments = {}, {}, {}
     for arm in args.arms:
         if arm not in GROWN_ARMS:
             continue
-        gcfg = dataclasses.replace(cfg.grow, method=arm)
-        g = grow.run(gcfg, small_models=small_files, check_tokens=check, seed=seed)
+        gcfg = dataclasses.replace(cfg.grow, method=GROW_METHOD[arm])
+        carry = arm.endswith("_carry")
+        g = grow.run(gcfg, small_models=small_files, check_tokens=check, seed=seed,
+                     small_moments={r.name: r.moment_files for r in small} if carry else None)
         inits[arm] = g.model_files
+        moments[arm] = g.moment_files if carry else None
         growth[arm] = {"components": g.components, "max_abs_dlogit": g.preservation["max_abs_dlogit"],
                        "relative_deviation": g.preservation["relative_deviation"], "shape": g.shape_after,
                        "options": dataclasses.asdict(gcfg)}
@@ -231,22 +238,22 @@ def run_seed(seed: int, cfg, data, indices, weights, assignment, args, pool) -> 
                                     control_spent_flops=small_flops[names[0]], data=data, indices=indices)
     control_cfg = train_large.arm_config(large_cfg, "control", control_steps=plan["steps"],
                                          control_lr=pcfg.train.lr)
-    jobs = {"scratch": (large_cfg, "scratch", shape_files, 0.0)}
-    jobs |= {arm: (grown_cfg, "grown", files, 0.0) for arm, files in inits.items()}
+    jobs = {"scratch": (large_cfg, "scratch", shape_files, 0.0, None)}
+    jobs |= {arm: (grown_cfg, "grown", files, 0.0, moments[arm]) for arm, files in inits.items()}
     if "control" in args.arms:
-        jobs["control"] = (control_cfg, "control", small_files[names[0]], small_flops[names[0]])
+        jobs["control"] = (control_cfg, "control", small_files[names[0]], small_flops[names[0]], None)
     _log(f"seed {seed}: arms {', '.join(jobs)} in parallel (control: {plan['steps']} small-model steps)")
     runs = {}
     if args.stop_at_target:
-        c, a, f, fl = jobs["scratch"]
+        c, a, f, fl, _ = jobs["scratch"]
         runs["scratch"] = pool.submit(_arm_job, c, a, "scratch", f, data, indices, weights, seed, fl, None).result()
         target = runs["scratch"]["final_val_loss"]
         rest = {arm: pool.submit(_arm_job, c, a, arm, f, data, indices, weights, seed, fl,
-                                 target if arm in GROWN_ARMS else None)
-                for arm, (c, a, f, fl) in jobs.items() if arm != "scratch"}
+                                 target if arm in GROWN_ARMS else None, mo)
+                for arm, (c, a, f, fl, mo) in jobs.items() if arm != "scratch"}
     else:
-        rest = {arm: pool.submit(_arm_job, c, a, arm, f, data, indices, weights, seed, fl, None)
-                for arm, (c, a, f, fl) in jobs.items()}
+        rest = {arm: pool.submit(_arm_job, c, a, arm, f, data, indices, weights, seed, fl, None, mo)
+                for arm, (c, a, f, fl, mo) in jobs.items()}
     for arm, future in rest.items():
         runs[arm] = future.result()
 
@@ -451,11 +458,13 @@ def main() -> None:
 
 
 def combine_reports(paths: list[str]) -> dict:
-    """One report from several runs of the same config and arms (e.g. seeds run as separate jobs)."""
+    """One report from several runs of the same config (e.g. seeds run as separate jobs). The arms may
+    differ between runs (a later run adding an arm): ``arms`` is their union, each seed lists its own,
+    and the summary takes every arm over the seeds that trained it."""
     reports = [json.loads(Path(p).read_text()) for p in paths]
     first = reports[0]
     for path, r in zip(paths[1:], reports[1:]):
-        for key in ("config", "arms", "train", "data"):
+        for key in ("config", "train", "data"):
             a, b = dict(first[key]) if isinstance(first[key], dict) else first[key], r[key]
             if key == "data":
                 a, b = {k: v for k, v in a.items() if k != "seconds"}, {k: v for k, v in b.items() if k != "seconds"}
@@ -465,7 +474,10 @@ def combine_reports(paths: list[str]) -> dict:
     if len({s["seed"] for s in seeds}) != len(seeds):
         raise SystemExit(f"the reports {paths} share a seed: combine runs of different seeds only")
     out = dict(first)
-    out.update(seeds=seeds, summary=summarize(seeds), complete=[s["seed"] for s in seeds] == list(range(len(seeds))),
+    arms = {a for r in reports for a in r["arms"]}
+    out.update(arms=[a for a in ALL_ARMS if a in arms],
+               arms_per_seed={str(s["seed"]): sorted(s["arms"], key=ALL_ARMS.index) for s in seeds},
+               seeds=seeds, summary=summarize(seeds), complete=[s["seed"] for s in seeds] == list(range(len(seeds))),
                seeds_done=f"{len(seeds)} seeds: {[s['seed'] for s in seeds]}",
                combined_from=[{"path": p, "machine_at_start": r["machine_at_start"], "machine_now": r["machine_now"],
                                "processes": r["processes"], "seconds": r["seconds"]} for p, r in zip(paths, reports)],

@@ -173,7 +173,7 @@ class GrowthFlow(FlowSpec):
         self.merge_artifacts(inputs, exclude=["small_model"])
         result = run([inp.small_model for inp in inputs])
         self.small_models, self.small_curves = result.small_models, result.small_curves
-        self.small_inits = result.small_inits
+        self.small_inits, self.small_moments = result.small_inits, result.small_moments
         self.small_final_val_loss = result.small_final_val_loss
         self.small_flops, self.small_flops_total = result.small_flops, result.small_flops_total
         self.gap_zoo_rows = result.gap_zoo_rows
@@ -189,8 +189,10 @@ class GrowthFlow(FlowSpec):
 
         cfg = _settings(self)
         result = grow.run(cfg.grow, small_models=self.small_models, check_tokens=self.val_tokens, seed=cfg.seed,
-                          small_inits=getattr(self, "small_inits", None))     # absent in runs before it was kept
+                          small_inits=getattr(self, "small_inits", None),     # absent in runs before they were kept
+                          small_moments=getattr(self, "small_moments", None))
         self.grown_model, self.grown_reference_init = result.model_files, result.reference_init_files
+        self.grown_moments = result.moment_files
         self.grow_method, self.grow_components = result.method, result.components
         self.grow_shape_before, self.grow_shape_after = result.shape_before, result.shape_after
         self.grow_preservation, self.grow_n_params = result.preservation, result.n_params
@@ -222,7 +224,7 @@ class GrowthFlow(FlowSpec):
         _share_cpus(len(self.arms))
         arm = self.input
         data = TokenData.from_attrs(self)
-        arm_cfg, init_files, init_flops = cfg.train_large, self.grown_model, 0.0
+        arm_cfg, init_files, init_flops, moments = cfg.train_large, self.grown_model, 0.0, None
         # the gap row counts the tokens an arm's initialization already trained on (as the LM zoo's epochs do)
         gap = {"train_eval_rows": cfg.predict_gap.train_eval_rows, "feature_rows": cfg.predict_gap.feature_rows,
                "tokens_before": 0.0}
@@ -231,6 +233,7 @@ class GrowthFlow(FlowSpec):
             gap["tokens_before"] = float(sum(c[-1]["tokens"] for c in self.small_curves.values())
                                          / len(self.small_curves))
             gap["reference_init"] = getattr(self, "grown_reference_init", None)   # the grown random inits
+            moments = train_large.grown_moment_files(cfg.train_large, getattr(self, "grown_moments", None))
         self.control_plan = None
         if arm == "control":                        # the first small model, trained on for equal total FLOPs
             first = self.small_model_names[0]
@@ -246,7 +249,8 @@ class GrowthFlow(FlowSpec):
                                  weights=self.selection_weights, seed=cfg.seed, init_flops=init_flops,
                                  checkpoint_dir=_checkpoint_dir(f"train_large/{arm}"),
                                  on_eval=LiveLossCard(f"large model, {arm}"), on_step=_failure_injector(arm),
-                                 launch=_torchrun_launcher(cfg.train_large.nproc_per_node), gap=gap)
+                                 launch=_torchrun_launcher(cfg.train_large.nproc_per_node), gap=gap,
+                                 moment_files=moments)
         self.large_arm = _plain(result)
         render(train_large.report(result))
         self.next(self.join_large)

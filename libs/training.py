@@ -84,6 +84,8 @@ class TrainResult:
     resumed_from_step: int
     device: str
     seconds: float
+    # the final AdamW moments by parameter name (libs.optimizer_state), when train_model(keep_moments=True)
+    moments: dict[str, torch.Tensor] | None = None
 
 
 class NonFiniteLossError(RuntimeError):
@@ -262,7 +264,8 @@ def train_model(model: torch.nn.Module, train_tokens: np.ndarray, train_lengths:
                 weights: np.ndarray | None = None, checkpoint_dir: str | Path | None = None,
                 label: str = "train", on_eval: Callable[[int, torch.nn.Module, dict], None] | None = None,
                 on_step: Callable[[int], None] | None = None,
-                on_checkpoint: Callable[[str], None] | None = None, progress: bool = True) -> TrainResult:
+                on_checkpoint: Callable[[str], None] | None = None, progress: bool = True,
+                initial_moments: dict[str, torch.Tensor] | None = None, keep_moments: bool = False) -> TrainResult:
     """Train ``model`` in place and return its loss curve and throughput.
 
     Parameters
@@ -283,6 +286,10 @@ def train_model(model: torch.nn.Module, train_tokens: np.ndarray, train_lengths:
     on_step : ``on_step(step)`` after every optimizer step (used by tests to inject a crash).
     on_checkpoint : ``on_checkpoint(folder)`` after every checkpoint is saved (rank 0 only), e.g.
         to copy it to durable storage; the flow uploads it into Metaflow's datastore.
+    initial_moments : AdamW moments to start from instead of a fresh state
+        (:mod:`libs.optimizer_state`: e.g. a grown model's, mapped from its components'); used
+        only when training starts at step 0 (a resumed run takes its checkpoint's).
+    keep_moments : return the final AdamW moments in ``result.moments``.
 
     Raises
     ------
@@ -335,7 +342,8 @@ def train_model(model: torch.nn.Module, train_tokens: np.ndarray, train_lengths:
     train_rows = np.sort(eval_rng.choice(n, min(n, n_eval), replace=False))
 
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else None
-    fingerprint = _fingerprint(cfg, model, n, seed, f"{label}/world{world}")
+    fingerprint = _fingerprint(cfg, model, n, seed, f"{label}/world{world}"
+                               + ("/carried-moments" if initial_moments is not None else ""))
     start_step, curve, n_tokens, resumed_from, resumed_running = 0, [], 0, 0, float("nan")
     loaded = None
     if found_dir := (ckpt_dir is not None and ckpt_dir.is_dir()):
@@ -359,6 +367,12 @@ def train_model(model: torch.nn.Module, train_tokens: np.ndarray, train_lengths:
             raise RuntimeError(f"[{label}] the data-parallel ranks loaded different checkpoints (steps "
                                f"{-int(steps[1])}..{int(steps[0])}) from {ckpt_dir}; every rank must see the "
                                "same checkpoint folder (a shared local disk)")
+
+    if loaded is None and initial_moments is not None:
+        from libs.optimizer_state import apply_moments, moment_step
+
+        apply_moments(model, optimizer, initial_moments)
+        say(f"AdamW state carried over (moments of step {moment_step(initial_moments)})")
 
     def evaluate(step: int, running: float) -> dict[str, float]:
         model.eval()
@@ -452,7 +466,12 @@ def train_model(model: torch.nn.Module, train_tokens: np.ndarray, train_lengths:
             remove_checkpoints(ckpt_dir)
     seconds = time.perf_counter() - t0
     final = curve[-1]
+    moments = None
+    if keep_moments:
+        from libs.optimizer_state import extract_moments
+
+        moments = extract_moments(model, optimizer)
     model.cpu().eval()
     return TrainResult(curve=curve, final_val_loss=final["val_loss"], final_train_loss=final["train_eval_loss"],
                        tokens_per_s=tokens_this_run / max(seconds, 1e-9), n_tokens=n_tokens, steps_done=cfg.steps,
-                       resumed_from_step=resumed_from, device=str(device), seconds=seconds)
+                       resumed_from_step=resumed_from, device=str(device), seconds=seconds, moments=moments)

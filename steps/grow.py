@@ -9,6 +9,7 @@ import numpy as np
 
 from libs.growth import fuse_models, preservation_error, self_fuse, stack_layers
 from libs.models import count_parameters, model_from_files, model_shape, model_to_files
+from libs.optimizer_state import grow_moments, moments_from_files, moments_to_files
 from libs.report import Markdown, Table
 from libs.schema import option
 
@@ -49,28 +50,39 @@ class GrowResult:
     # model's distance-from-init gap features are measured, as every LM-zoo model's is from its random init
     # (None when the components' initializations were not given)
     reference_init_files: dict | None = None
+    # the components' final AdamW moments mapped through the same operator (libs.optimizer_state.grow_moments):
+    # what train_large.grown_optimizer = 'carry' starts the grown arm's optimizer from (None when not given)
+    moment_files: dict | None = None
 
 
-def _apply(cfg: GrowConfig, models: list, seed: int):
-    """``cfg.method`` applied to ``models``: the grown model and the components it preserves."""
+def _apply(cfg: GrowConfig, models: list, seed: int, *, linear: bool = False):
+    """``cfg.method`` applied to ``models``: the grown model and the components it preserves.
+
+    ``linear``: the operator's noise-free form without residual-stream centering (linear in the
+    weights), through which :func:`libs.optimizer_state.grow_moments` maps the optimizer moments.
+    """
     if cfg.method == "fuse":
         if len(models) < 2:
             raise ValueError("grow.method='fuse' needs at least two small models; list more in "
                              "pretrain_small.models or use 'self_fuse'")
-        return fuse_models(models), models
+        return (fuse_models(models, center=False) if linear else fuse_models(models)), models
     if cfg.method == "self_fuse":
-        return self_fuse(models[0], noise_std=cfg.noise_std, tiling=cfg.tiling, random_state=seed), models[:1]
+        return self_fuse(models[0], noise_std=0.0 if linear else cfg.noise_std, tiling=cfg.tiling,
+                         random_state=seed), models[:1]
     return stack_layers(models[0], mode="copy" if cfg.method == "stack" else "zero"), models[:1]
 
 
 def run(cfg: GrowConfig, *, small_models: dict[str, dict[str, bytes]], check_tokens: np.ndarray,
-        seed: int, small_inits: dict[str, dict[str, bytes] | None] | None = None) -> GrowResult:
+        seed: int, small_inits: dict[str, dict[str, bytes] | None] | None = None,
+        small_moments: dict[str, dict[str, bytes] | None] | None = None) -> GrowResult:
     """Grow ``small_models`` (name -> HF files) with ``cfg.method``; measure function preservation on
     ``check_tokens`` (int (n, L) rows of real tokens) against the mean of the components' logits.
 
     ``small_inits`` (name -> the HF files of each small model's random initialization), when
     given for every component, are grown by the same operator with the same seed into
-    ``result.reference_init_files``.
+    ``result.reference_init_files``. ``small_moments`` (name -> each small model's final AdamW
+    moments, :mod:`libs.optimizer_state` files), when given for every component, are mapped
+    through the operator's linear form into ``result.moment_files``.
     """
     t0 = time.perf_counter()
     if not small_models:
@@ -83,6 +95,12 @@ def run(cfg: GrowConfig, *, small_models: dict[str, dict[str, bytes]], check_tok
     if small_inits and all(small_inits.get(n) for n in names):
         inits = [model_from_files(small_inits[n]) for n in names]
         reference = model_to_files(_apply(cfg, inits, seed)[0])
+    moment_files = None
+    if small_moments and all(small_moments.get(n) for n in names):
+        moments = [moments_from_files(small_moments[n]) for n in names]
+        grown_moments = grow_moments(lambda parts: _apply(cfg, parts, seed, linear=True)[0], models[:len(names)],
+                                     moments)
+        moment_files = moments_to_files(grown_moments)
     rows = np.asarray(check_tokens)[:cfg.check_rows]
     preservation = preservation_error(grown, refs, rows)
     preservation["reference"] = ("mean of the components' logits" if len(refs) > 1
@@ -92,7 +110,7 @@ def run(cfg: GrowConfig, *, small_models: dict[str, dict[str, bytes]], check_tok
     return GrowResult(model_files=model_to_files(grown), method=cfg.method, components=names,
                       shape_before=[model_shape(m) for m in models], shape_after=model_shape(grown),
                       preservation=preservation, n_params=count_parameters(grown), seconds=time.perf_counter() - t0,
-                      reference_init_files=reference)
+                      reference_init_files=reference, moment_files=moment_files)
 
 
 def report(result: GrowResult) -> list:

@@ -13,6 +13,7 @@ __all__ = ["JoinSmallResult", "run", "report"]
 class JoinSmallResult:
     small_models: dict[str, dict[str, bytes]]
     small_inits: dict[str, dict[str, bytes] | None]     # each one's random initialization (None: a run before it was kept)
+    small_moments: dict[str, dict[str, bytes] | None]   # each one's final AdamW moments (None: a run before they were kept)
     small_curves: dict[str, list[dict]]
     small_final_val_loss: dict[str, float]
     small_flops: dict[str, float]
@@ -27,6 +28,7 @@ def run(results: list[dict]) -> JoinSmallResult:
     return JoinSmallResult(
         small_models={r["name"]: r["model_files"] for r in results},
         small_inits={r["name"]: r.get("init_files") for r in results},
+        small_moments={r["name"]: r.get("moment_files") for r in results},
         small_curves={r["name"]: r["curve"] for r in results},
         small_final_val_loss={r["name"]: r["final_val_loss"] for r in results},
         small_flops={r["name"]: r["flops"] for r in results},

@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from libs.models import ModelSpec, build_model, count_parameters, flops_per_token, model_to_files
+from libs.optimizer_state import moments_to_files
 from libs.report import Figure, Markdown, Table, loss_curve_figure
 from libs.schema import option
 from libs.token_data import TokenData
@@ -67,6 +68,8 @@ class PretrainSmallResult:
     gap_rows: list[dict]
     device: str
     seconds: float
+    # its final AdamW moments (libs.optimizer_state files): what train_large.grown_optimizer = 'carry' grows
+    moment_files: dict[str, bytes] | None = None
 
 
 def subset_for_model(cfg: PretrainSmallConfig, model_index: int, indices: np.ndarray, weights: np.ndarray,
@@ -118,7 +121,7 @@ def run(cfg: PretrainSmallConfig, spec: ModelSpec, *, data: TokenData, indices: 
 
     result = train_model(model, tokens, lengths, data.val_tokens, data.val_lengths, cfg.train, seed=seed,
                          weights=weights, label=f"pretrain_small[{spec.name}]", on_eval=record_eval,
-                         checkpoint_dir=checkpoint_dir, progress=progress)
+                         checkpoint_dir=checkpoint_dir, progress=progress, keep_moments=True)
     print(f"[pretrain_small[{spec.name}]] final val loss {result.final_val_loss:.4f}, "
           f"{result.tokens_per_s:,.0f} tokens/s", file=sys.stderr, flush=True)
     return PretrainSmallResult(
@@ -127,7 +130,8 @@ def run(cfg: PretrainSmallConfig, spec: ModelSpec, *, data: TokenData, indices: 
         final_val_loss=result.final_val_loss, final_train_loss=result.final_train_loss,
         tokens_per_s=result.tokens_per_s, n_params=count_parameters(model),
         flops=flops_per_token(model, data.seq_len) * result.n_tokens, n_train_rows=len(indices),
-        gap_rows=gap_rows, device=result.device, seconds=time.perf_counter() - t0)
+        gap_rows=gap_rows, device=result.device, seconds=time.perf_counter() - t0,
+        moment_files=moments_to_files(result.moments))
 
 
 def report(result: PretrainSmallResult) -> list:

@@ -42,7 +42,7 @@ from libs.schema import option
 from libs.token_data import TokenData
 from libs.training import TrainConfig, train_model
 
-__all__ = ["ARMS", "DDP_BACKENDS", "FAIL_ENV", "RANK_MODULE", "TrainLargeConfig", "TrainLargeResult", "run",
+__all__ = ["ARMS", "DDP_BACKENDS", "FAIL_ENV", "RANK_MODULE", "TrainLargeConfig", "TrainLargeResult", "run", "grown_moment_files",
            "train_arm", "arm_config", "grown_train_config", "control_plan", "report", "scratch_model_like", "failure_injector",
            "resolve_backend", "write_inputs", "read_inputs", "write_result", "read_result"]
 
@@ -79,6 +79,11 @@ class TrainLargeConfig:
     grown_decay_fraction: float = option(1.0, "grown_schedule 'continue': the cosine decay spans this fraction "
                                          "of the steps after the warmup (LEMON's faster decay: < 1)",
                                          min=0.0, max=1.0, min_exclusive=True)
+    grown_optimizer: str = option("fresh", "the grown arm's AdamW state at its first step: 'fresh' (zero moments) "
+                                  "or 'carry' (its components' final moments mapped through the growth operator: "
+                                  "libs.optimizer_state; copied entries keep theirs, new ones start at m = 0 and "
+                                  "their tensor's mean v). The control arm always starts fresh",
+                                  choices=("fresh", "carry"))
     nproc_per_node: int = option(1, "processes (one per GPU) that train each arm data-parallel on one node, "
                                  "launched by metaflow-torchrun; 1 trains in the step's own process. "
                                  "train.batch_size is per process (global batch = batch_size x grad_accum x "
@@ -162,6 +167,18 @@ def grown_train_config(cfg: TrainLargeConfig, components_train: TrainConfig) -> 
                               decay_steps=decay)
 
 
+def grown_moment_files(cfg: TrainLargeConfig, grown_moments: dict[str, bytes] | None) -> dict[str, bytes] | None:
+    """The optimizer moments the grown arm starts from under ``cfg.grown_optimizer``: None for 'fresh';
+    ``grown_moments`` (``grow``'s ``moment_files``) for 'carry', which must then exist."""
+    if cfg.grown_optimizer == "fresh":
+        return None
+    if not grown_moments:
+        raise ValueError("train_large.grown_optimizer = 'carry' but the grow step has no carried moments: the run's "
+                         "small models were trained before their AdamW moments were kept. Run the flow again "
+                         "(not resume from before pretrain_small), or set grown_optimizer = 'fresh'")
+    return grown_moments
+
+
 def arm_config(cfg: TrainLargeConfig, arm: str, *, control_steps: int = 0, control_lr: float = 0.0,
                components_train: TrainConfig | None = None) -> TrainLargeConfig:
     """The config an arm trains with: the grown arm's schedule (:func:`grown_train_config`, given the
@@ -183,7 +200,8 @@ def run(cfg: TrainLargeConfig, arm: str, *, init_files: dict[str, bytes], data: 
         weights: np.ndarray, seed: int, init_flops: float = 0.0, checkpoint_dir: str | None = None,
         on_eval: Callable | None = None, on_step: Callable[[int], None] | None = None,
         on_checkpoint: Callable[[str], None] | None = None, progress: bool = True,
-        launch: Callable[..., None] | None = None, gap: dict | None = None) -> TrainLargeResult:
+        launch: Callable[..., None] | None = None, gap: dict | None = None,
+        moment_files: dict[str, bytes] | None = None) -> TrainLargeResult:
     """Train arm ``arm`` on the selected rows ``indices`` (loss weights ``weights``).
 
     ``init_files`` are the model files the arm starts from: the grown model for 'grown' and
@@ -203,30 +221,38 @@ def run(cfg: TrainLargeConfig, arm: str, *, init_files: dict[str, bytes], data: 
     distance-from-init features are measured from, as an LM-zoo model's are from its own (for the
     grown arm the growth operator applied to its components' random initializations, for the
     control its small model's); without it, the arm's own starting point (right for scratch).
+
+    ``moment_files`` (:mod:`libs.optimizer_state` files, e.g. ``grow``'s ``moment_files``) start
+    the optimizer from those AdamW moments instead of a fresh state (``grown_optimizer = 'carry'``).
     """
     if arm not in ARMS:
         raise ValueError(f"unknown arm {arm!r}; expected one of {ARMS}")
     if cfg.nproc_per_node > 1:
         return _run_data_parallel(cfg, arm, init_files=init_files, data=data, indices=indices, weights=weights,
                                   seed=seed, init_flops=init_flops, checkpoint_dir=checkpoint_dir, launch=launch,
-                                  progress=progress, gap=gap,
+                                  progress=progress, gap=gap, moment_files=moment_files,
                                   callbacks_dropped=[name for name, cb in (("on_eval", on_eval), ("on_step", on_step))
                                                      if cb is not None])
     return train_arm(cfg, arm, init_files=init_files, data=data, indices=indices, weights=weights, seed=seed,
                      init_flops=init_flops, checkpoint_dir=checkpoint_dir, on_eval=on_eval, on_step=on_step,
-                     on_checkpoint=on_checkpoint, progress=progress, gap=gap)
+                     on_checkpoint=on_checkpoint, progress=progress, gap=gap, moment_files=moment_files)
 
 
 def train_arm(cfg: TrainLargeConfig, arm: str, *, init_files: dict[str, bytes], data: TokenData,
               indices: np.ndarray, weights: np.ndarray, seed: int, init_flops: float = 0.0,
               checkpoint_dir: str | None = None, on_eval: Callable | None = None,
               on_step: Callable[[int], None] | None = None, on_checkpoint: Callable[[str], None] | None = None,
-              progress: bool = True, gap: dict | None = None) -> TrainLargeResult:
+              progress: bool = True, gap: dict | None = None,
+              moment_files: dict[str, bytes] | None = None) -> TrainLargeResult:
     """Train one arm in this process; a DDP rank when a torch.distributed process group is up."""
     from libs.gap_features import checkpoint_row, probe_for_selection
+    from libs.optimizer_state import moments_from_files
 
     if arm not in ARMS:
         raise ValueError(f"unknown arm {arm!r}; expected one of {ARMS}")
+    if moment_files and arm == "scratch":
+        raise ValueError("the scratch arm starts from a random initialization and a fresh optimizer; carried "
+                         "moments belong to the grown arm (train_large.grown_optimizer)")
     t0 = time.perf_counter()
     model = scratch_model_like(init_files, seed + 7919) if arm == "scratch" else model_from_files(init_files)
     gap = dict(gap or {})
@@ -234,6 +260,8 @@ def train_arm(cfg: TrainLargeConfig, arm: str, *, init_files: dict[str, bytes], 
     init_state = {k: v.detach().clone() for k, v in reference.state_dict().items()}
     tokens, lengths = data.train_rows(indices)
     extra = {"on_checkpoint": on_checkpoint} if on_checkpoint is not None else {}
+    if moment_files:
+        extra["initial_moments"] = moments_from_files(moment_files)
     result = train_model(model, tokens, lengths, data.val_tokens, data.val_lengths, cfg.train, seed=seed,
                          weights=weights, checkpoint_dir=checkpoint_dir, label=f"train_large[{arm}]", on_eval=on_eval,
                          on_step=on_step, progress=progress, **extra)
@@ -290,7 +318,7 @@ def resolve_backend(cfg: TrainLargeConfig) -> tuple[str, str, int]:
 def write_inputs(work_dir: str | Path, cfg: TrainLargeConfig, arm: str, *, init_files: dict[str, bytes],
                  data: TokenData, indices: np.ndarray, weights: np.ndarray, seed: int, init_flops: float,
                  checkpoint_dir: str | None, backend: str, threads_per_rank: int | None, progress: bool,
-                 gap: dict | None = None) -> None:
+                 gap: dict | None = None, moment_files: dict[str, bytes] | None = None) -> None:
     """Write everything a rank needs into ``work_dir`` as plain files (JSON, npz, safetensors): nothing pickled."""
     from libs.schema import to_dict
 
@@ -299,6 +327,8 @@ def write_inputs(work_dir: str | Path, cfg: TrainLargeConfig, arm: str, *, init_
     gap = dict(gap or {})
     if gap.get("reference_init"):
         _write_files(work_dir / "reference_init", gap.pop("reference_init"))
+    if moment_files:
+        _write_files(work_dir / "moments", moment_files)
     arrays = {k: np.asarray(getattr(data, k)) for k in _ARRAYS}
     np.savez(work_dir / "data.npz", indices=np.asarray(indices), weights=np.asarray(weights), **arrays)
     inputs = {"config": to_dict(cfg), "arm": arm, "seed": int(seed), "init_flops": float(init_flops),
@@ -326,6 +356,7 @@ def read_inputs(work_dir: str | Path) -> dict:
     inputs["init_files"] = _read_files(work_dir / "init")
     if (work_dir / "reference_init").is_dir():
         inputs["gap"]["reference_init"] = _read_files(work_dir / "reference_init")
+    inputs["moment_files"] = _read_files(work_dir / "moments") if (work_dir / "moments").is_dir() else None
     return inputs
 
 
@@ -363,7 +394,8 @@ def read_result(work_dir: str | Path) -> TrainLargeResult:
 def _run_data_parallel(cfg: TrainLargeConfig, arm: str, *, init_files: dict[str, bytes], data: TokenData,
                        indices: np.ndarray, weights: np.ndarray, seed: int, init_flops: float,
                        checkpoint_dir: str | None, launch: Callable[..., None] | None, progress: bool,
-                       callbacks_dropped: list[str], gap: dict | None = None) -> TrainLargeResult:
+                       callbacks_dropped: list[str], gap: dict | None = None,
+                       moment_files: dict[str, bytes] | None = None) -> TrainLargeResult:
     import torch
 
     label = f"train_large[{arm}]"
@@ -391,7 +423,7 @@ def _run_data_parallel(cfg: TrainLargeConfig, arm: str, *, init_files: dict[str,
     with tempfile.TemporaryDirectory(prefix="train_large_ddp_") as work_dir:
         write_inputs(work_dir, cfg, arm, init_files=init_files, data=data, indices=indices, weights=weights,
                      seed=seed, init_flops=init_flops, checkpoint_dir=checkpoint_dir, backend=backend,
-                     threads_per_rank=threads, progress=progress, gap=gap)
+                     threads_per_rank=threads, progress=progress, gap=gap, moment_files=moment_files)
         launch(entrypoint=RANK_MODULE, nproc_per_node=n, entrypoint_args=["--work-dir", work_dir],
                torchrun_args=dict(TORCHRUN_ARGS))
         result = read_result(work_dir)

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
                            indices=inputs["indices"], weights=inputs["weights"], seed=inputs["seed"],
                            init_flops=inputs["init_flops"], checkpoint_dir=inputs["checkpoint_dir"],
                            on_step=failure_injector(inputs["arm"]), progress=inputs["progress"] and rank == 0,
-                           gap=inputs.get("gap"))
+                           gap=inputs.get("gap"), moment_files=inputs.get("moment_files"))
         if rank == 0:
             write_result(args.work_dir, result)
         dist.barrier()
