@@ -136,6 +136,24 @@ def test_every_run_has_its_controls_and_one_verdict_per_grown_arm(tiny_run):
         assert "no speedup is stated" in large.verdict_summary
 
 
+def test_grown_arm_starts_from_its_components_carried_moments(tiny_run):
+    """config/tiny.toml sets train_large.grown_optimizer = 'carry': every small model kept its AdamW moments,
+    grow mapped them onto every parameter of the grown model, and the grown arm's optimizer started from them."""
+    from libs.models import model_from_files
+    from libs.optimizer_state import moment_step, moments_from_files
+
+    small, grow = _data(tiny_run, "join_small"), _data(tiny_run, "grow")
+    assert set(small.small_moments) == set(small.small_models) and all(small.small_moments.values())
+    moments = moments_from_files(grow.grown_moments)
+    grown = model_from_files(grow.grown_model)
+    for name, param in grown.named_parameters():
+        assert moments[f"exp_avg_sq.{name}"].shape == param.shape and float(moments[f"exp_avg_sq.{name}"].min()) >= 0
+    assert moment_step(moments) == 20                     # the small models' pretraining steps
+    logs = {t.data.large_arm["arm"]: t.stderr for t in tiny_run["train_large"]}
+    assert "AdamW state carried over (moments of step 20)" in logs["grown"]
+    assert "AdamW state carried over" not in logs["scratch"] + logs["control"]
+
+
 def test_load_model_from_run(tiny_run):
     from libs.models import load_model_from_run
 

@@ -258,3 +258,64 @@ def test_data_parallel_inputs_carry_the_reference_init_as_files(prepared, tmp_pa
     assert {k: v for k, v in back["gap"].items() if k != "reference_init"} == {"train_eval_rows": 8, "feature_rows": 4,
                                                                                "tokens_before": 123.0}
     assert gap["reference_init"] == reference                     # the caller's dict is left as it was
+    assert back["moment_files"] is None                           # none given, none read
+
+
+def _small_run(r, seed: int, steps: int = 3):
+    """A tiny pretrained small model of the prepared data: its files and its AdamW moment files."""
+    from steps import pretrain_small
+
+    data = TokenData.from_attrs(r)
+    cfg = pretrain_small.PretrainSmallConfig(train=TrainConfig(steps=steps, batch_size=4, warmup_steps=1,
+                                                               eval_every=steps, eval_batches=1))
+    spec = ModelSpec(name=f"m{seed}", n_layer=1, n_embd=16, n_head=2)
+    return pretrain_small.run(cfg, spec, data=data, indices=np.arange(16), weights=np.ones(16), seed=seed,
+                              progress=False, train_eval_rows=8, feature_rows=4)
+
+
+def test_carried_moments_flow_from_pretraining_through_growth_into_the_grown_arm(prepared, tmp_path):
+    """pretrain_small keeps its moments, grow maps them through the operator, train_large starts from them
+    (and the DDP ranks get them as files); scratch refuses them, and 'carry' without moments is a clear error."""
+    import torch
+
+    from libs.optimizer_state import grow_moments, moment_step, moments_from_files
+    from libs.growth import fuse_models
+    from steps import train_large
+
+    r = prepared
+    a, b = _small_run(r, 0), _small_run(r, 1)
+    assert moment_step(moments_from_files(a.moment_files)) == 3
+    smalls = {"a": a.model_files, "b": b.model_files}
+    g = grow.run(grow.GrowConfig(method="fuse"), small_models=smalls, check_tokens=r.val_tokens, seed=0,
+                 small_moments={"a": a.moment_files, "b": b.moment_files})
+    expected = grow_moments(lambda ms: fuse_models(ms, center=False),
+                            [model_from_files(a.model_files), model_from_files(b.model_files)],
+                            [moments_from_files(a.moment_files), moments_from_files(b.moment_files)])
+    got = moments_from_files(g.moment_files)
+    assert set(got) == set(expected) and all(torch.equal(got[k], expected[k]) for k in got)
+    none = grow.run(grow.GrowConfig(method="fuse"), small_models=smalls, check_tokens=r.val_tokens, seed=0,
+                    small_moments={"a": a.moment_files, "b": None})       # a run from before moments were kept
+    assert none.moment_files is None
+
+    data = TokenData.from_attrs(r)
+    cfg = train_large.TrainLargeConfig(train=TrainConfig(steps=2, batch_size=4, warmup_steps=0, eval_every=2,
+                                                         eval_batches=1, checkpoint_every=0))
+    common = dict(init_files=g.model_files, data=data, indices=np.arange(16), weights=np.ones(16), seed=0,
+                  progress=False, gap={"train_eval_rows": 8, "feature_rows": 4})
+    fresh = train_large.run(cfg, "grown", **common)
+    carried = train_large.run(cfg, "grown", **common, moment_files=g.moment_files)
+    assert carried.curve[0]["val_loss"] == fresh.curve[0]["val_loss"]            # the same starting model
+    assert carried.final_val_loss != fresh.final_val_loss                       # a different first update
+    with pytest.raises(ValueError, match="scratch arm starts from a random initialization"):
+        train_large.run(cfg, "scratch", **common, moment_files=g.moment_files)
+
+    carry = dataclasses.replace(cfg, grown_optimizer="carry")
+    assert train_large.grown_moment_files(cfg, g.moment_files) is None          # 'fresh' ignores them
+    assert train_large.grown_moment_files(carry, g.moment_files) == g.moment_files
+    with pytest.raises(ValueError, match="grown_optimizer = 'fresh'"):
+        train_large.grown_moment_files(carry, None)
+
+    train_large.write_inputs(tmp_path, carry, "grown", init_files=g.model_files, data=data, indices=np.arange(10),
+                             weights=np.ones(10), seed=5, init_flops=1.0, checkpoint_dir=None, backend="gloo",
+                             threads_per_rank=1, progress=False, gap={}, moment_files=g.moment_files)
+    assert train_large.read_inputs(tmp_path)["moment_files"] == g.moment_files
