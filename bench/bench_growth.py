@@ -215,16 +215,17 @@ def run_seed(seed: int, cfg, data, indices, weights, assignment, args, pool) -> 
     names = list(small_files)
 
     check = data.val_tokens[:cfg.grow.check_rows]
-    inits, growth, moments = {}, {}, {}
+    inits, growth, moments, grown_by_method = {}, {}, {}, {}
     for arm in args.arms:
         if arm not in GROWN_ARMS:
             continue
         gcfg = dataclasses.replace(cfg.grow, method=GROW_METHOD[arm])
-        carry = arm.endswith("_carry")
-        g = grow.run(gcfg, small_models=small_files, check_tokens=check, seed=seed,
-                     small_moments={r.name: r.moment_files for r in small} if carry else None)
+        if gcfg.method not in grown_by_method:      # fuse and fuse_carry share one grown model and its moments
+            grown_by_method[gcfg.method] = grow.run(gcfg, small_models=small_files, check_tokens=check, seed=seed,
+                                                    small_moments={r.name: r.moment_files for r in small})
+        g = grown_by_method[gcfg.method]
         inits[arm] = g.model_files
-        moments[arm] = g.moment_files if carry else None
+        moments[arm] = g.moment_files if arm.endswith("_carry") else None
         growth[arm] = {"components": g.components, "max_abs_dlogit": g.preservation["max_abs_dlogit"],
                        "relative_deviation": g.preservation["relative_deviation"], "shape": g.shape_after,
                        "options": dataclasses.asdict(gcfg)}
