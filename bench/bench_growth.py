@@ -322,11 +322,15 @@ def goal(seeds: list[dict]) -> dict:
         return out
     per_arm = {}
     for arm in {a for s in passed for a in s["verdict"]["arms"]}:
-        rows = [s["verdict"]["arms"][arm] for s in passed]
+        rows = [s["verdict"]["arms"][arm] for s in passed if arm in s["verdict"]["arms"]]
         ok = [r["step_ratio"] is not None and r["step_ratio"] <= GOAL["step_ratio"]
               and r["flops_ratio_total"] <= GOAL["flops_ratio_total"] and r["null_gain_steps"] > 0 for r in rows]
         mean_ratio = np.mean([r["step_ratio"] if r["step_ratio"] is not None else np.inf for r in rows])
         per_arm[arm] = {"met_in": f"{sum(ok)}/{len(rows)} passing seeds", "met": all(ok), "mean_step_ratio": mean_ratio}
+    if not per_arm:
+        out["verdict"] = (f"capacity check passed in {len(passed)}/{len(seeds)} seeds; no grown arm was trained "
+                          "(--arms has none), so the goal is not assessed")
+        return out
     best = min(per_arm, key=lambda a: (not per_arm[a]["met"], per_arm[a]["mean_step_ratio"]))
     out.update(best_grown_arm=best, per_arm={a: {k: v for k, v in e.items() if k != "mean_step_ratio"}
                                                 | {"mean_step_ratio": float(e["mean_step_ratio"])}
@@ -461,11 +465,14 @@ def main() -> None:
 def combine_reports(paths: list[str]) -> dict:
     """One report from several runs of the same config (e.g. seeds run as separate jobs). The arms may
     differ between runs (a later run adding an arm): ``arms`` is their union, each seed lists its own,
-    and the summary takes every arm over the seeds that trained it."""
+    and the summary takes every arm over the seeds that trained it. The runs must agree in their
+    effective settings (``train``: every arm's training config, the growth options and small models;
+    ``data``: the selection), not in the config file's path: a copy of the config with the same
+    settings combines, and each run's path is kept in ``combined_from``."""
     reports = [json.loads(Path(p).read_text()) for p in paths]
     first = reports[0]
     for path, r in zip(paths[1:], reports[1:]):
-        for key in ("config", "train", "data"):
+        for key in ("train", "data"):
             a, b = dict(first[key]) if isinstance(first[key], dict) else first[key], r[key]
             if key == "data":
                 a, b = {k: v for k, v in a.items() if k != "seconds"}, {k: v for k, v in b.items() if k != "seconds"}
@@ -476,11 +483,13 @@ def combine_reports(paths: list[str]) -> dict:
         raise SystemExit(f"the reports {paths} share a seed: combine runs of different seeds only")
     out = dict(first)
     arms = {a for r in reports for a in r["arms"]}
-    out.update(arms=[a for a in ALL_ARMS if a in arms],
+    configs = sorted({r["config"] for r in reports})
+    out.update(config=configs[0] if len(configs) == 1 else configs, arms=[a for a in ALL_ARMS if a in arms],
                arms_per_seed={str(s["seed"]): sorted(s["arms"], key=ALL_ARMS.index) for s in seeds},
                seeds=seeds, summary=summarize(seeds), complete=[s["seed"] for s in seeds] == list(range(len(seeds))),
                seeds_done=f"{len(seeds)} seeds: {[s['seed'] for s in seeds]}",
-               combined_from=[{"path": p, "machine_at_start": r["machine_at_start"], "machine_now": r["machine_now"],
+               combined_from=[{"path": p, "config": r["config"], "command": r["command"],
+                               "machine_at_start": r["machine_at_start"], "machine_now": r["machine_now"],
                                "processes": r["processes"], "seconds": r["seconds"]} for p, r in zip(paths, reports)],
                seconds=sum(r["seconds"] for r in reports))
     return out
