@@ -473,7 +473,7 @@ def combine_reports(paths: list[str]) -> dict:
     first = reports[0]
     for path, r in zip(paths[1:], reports[1:]):
         for key in ("train", "data"):
-            a, b = dict(first[key]) if isinstance(first[key], dict) else first[key], r[key]
+            a, b = first[key], r[key]
             if key == "data":
                 a, b = {k: v for k, v in a.items() if k != "seconds"}, {k: v for k, v in b.items() if k != "seconds"}
             if a != b:

@@ -71,6 +71,9 @@ def finished_run(datastore):
     return Run(f"GrowthFlow/{run_id}")
 
 
+SERVER_START_S = 300   # generous: on a loaded 2-core machine the server starts slowly
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -93,7 +96,7 @@ def card_server(finished_run, datastore, tmp_path_factory):
                                   stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300   # generous: a loaded 2-core machine starts it slowly
+        deadline = time.monotonic() + SERVER_START_S
         while True:
             if server.poll() is not None:
                 pytest.fail(f"card server exited with {server.returncode}:\n{log_path.read_text()[-3000:]}")
@@ -103,7 +106,8 @@ def card_server(finished_run, datastore, tmp_path_factory):
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"card server did not answer on {base} within 300 s:\n{log_path.read_text()[-3000:]}")
+                pytest.fail(f"card server did not answer on {base} within {SERVER_START_S} s:\n"
+                            f"{log_path.read_text()[-3000:]}")
             time.sleep(0.5)
         yield base
     finally:
